@@ -1,0 +1,274 @@
+"""`TTTCalculator`: an ASE calculator around a :class:`~ttcalc.model.MultiHeadPotential`.
+
+ASE contract: one pass computes energy, free energy, forces, per-atom energies and (for 3-D periodic
+cells) stress; ``implemented_properties`` is set per instance; ``reset()`` is called whenever the
+weights or the cutoff change; parameters are JSON-serialisable; outputs are float64 NumPy.
+
+Adaptation before MD (test-time training, radius refinement) lives in :mod:`ttcalc.adaptation`
+and :mod:`ttcalc.spectral`; this module only decides *when* it runs (once per new system).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, InputError, PropertyNotImplementedError, all_changes
+
+from .batch import collate
+from .fast import FastEvaluator
+from .graph import DENSE_MAX_ATOMS
+from .model import MultiHeadPotential, resolve_dtype
+from .priors.base import Prior
+from .system import system_key
+
+log = logging.getLogger(__name__)
+
+TTTMode = Literal["off", "auto", "always"]
+
+
+def resolve_model(model, dtype, device) -> tuple[MultiHeadPotential, str]:
+    """A model object and a JSON-able description from a path, pretrained name, model or None."""
+    from .pretrained import PRETRAINED, load_pretrained
+
+    if model is None:
+        model = "md17-abu"
+    if isinstance(model, MultiHeadPotential):
+        # a private copy: adaptation changes weights, the caller's model must not change under them
+        return copy.deepcopy(model).to(device=device, dtype=dtype).eval(), "<MultiHeadPotential>"
+    if isinstance(model, (str, Path)):
+        if str(model) in PRETRAINED:
+            return load_pretrained(str(model), dtype=dtype, device=device), str(model)
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(model, dtype=dtype, device=device), str(Path(model).resolve())
+    raise TypeError(f"model must be a checkpoint path, a pretrained name or a MultiHeadPotential, "
+                    f"not {type(model).__name__}")
+
+
+class TTTCalculator(Calculator):
+    """ASE calculator for a multi-head MLIP, with optional test-time adaptation.
+
+    Parameters
+    ----------
+    model: checkpoint path, pretrained name (default ``"md17-abu"``) or a MultiHeadPotential.
+    prior: a :class:`~ttcalc.priors.Prior`, a prior name (``"xtb"``, ``"tblite"``, ``"emt"``, ...)
+        or None. Needed for test-time training and for the prior-disagreement signal.
+    device, dtype: where and in which precision the model runs (``"float32"``/``"float64"``).
+    head: which head gives the energy (``"main"``; ``"prior"`` evaluates the prior head).
+    compile: use the compiled dense kernel for molecules (falls back to eager when it can't).
+    unseen_elements: ``"warn"`` or ``"raise"`` for elements absent from the training set.
+    min_distance: interatomic distance (Å) below which a structure is rejected as overlapping.
+    ttt: ``"off"``, ``"auto"`` (adapt once per new system on its first calculation) or ``"always"``
+        (adapt again whenever the system changes, even to one seen before).
+    ttt_config: a :class:`~ttcalc.adaptation.TTTConfig` (or dict) for test-time training.
+    radius_refinement: choose the cutoff per new system by spectral matching (paper eq. 5).
+    disagreement_every: evaluate the prior every k-th calculation to report the main-vs-prior
+        force disagreement (0 disables it; 1 = every call).
+    """
+
+    def __init__(self, model=None, prior: Prior | str | None = None, device: str = "cpu",
+                 dtype: str = "float32", head: str = "main", compile: bool = True,
+                 unseen_elements: Literal["warn", "raise"] = "warn", min_distance: float = 0.5,
+                 ttt: TTTMode = "off", ttt_config=None, radius_refinement: bool = False,
+                 radii: Sequence[float] | None = None, disagreement_every: int = 1, **kwargs):
+        from .adaptation import TTTConfig
+        from .priors import make_prior
+
+        if ttt not in ("off", "auto", "always"):
+            raise ValueError(f"ttt must be 'off', 'auto' or 'always', not {ttt!r}")
+        if unseen_elements not in ("warn", "raise"):
+            raise ValueError(f"unseen_elements must be 'warn' or 'raise', not {unseen_elements!r}")
+        self.device = torch.device(device)
+        self.torch_dtype = resolve_dtype(dtype)
+        self.model, model_name = resolve_model(model, self.torch_dtype, self.device)
+        if head not in self.model.heads:
+            raise ValueError(f"model has no head {head!r}; heads: {list(self.model.heads)}")
+        self.model.requires_grad_(False)
+        self.prior = make_prior(prior)
+        if ttt != "off" and self.prior is None:
+            raise ValueError("test-time training needs a prior (e.g. prior='xtb')")
+        self.ttt_config = TTTConfig.coerce(ttt_config)
+        self.training_cutoff = float(self.model.stats.cutoff or self.model.cutoff)
+        super().__init__(
+            model=model_name, prior=None if self.prior is None else self.prior.fingerprint(),
+            device=str(self.device), dtype=str(dtype), head=head, compile=bool(compile),
+            unseen_elements=unseen_elements, min_distance=float(min_distance), ttt=ttt,
+            radius_refinement=bool(radius_refinement),
+            radii=None if radii is None else [float(r) for r in radii],
+            disagreement_every=int(disagreement_every), **kwargs,
+        )
+        self.implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+        self._evaluators: dict[tuple, FastEvaluator] = {}
+        self._system: str | None = None  # key of the system the current weights/cutoff are for
+        self._calls = 0
+        from .adaptation import AdaptationState
+
+        self.adaptation = AdaptationState(self.model)
+        self.last_adaptation = None
+        self.last_radius_scan: dict[float, float] | None = None
+
+    # --- public state -----------------------------------------------------------------------------
+    @property
+    def cutoff(self) -> float:
+        """The radius in use (changed by radius refinement)."""
+        return self.model.cutoff
+
+    def set_cutoff(self, radius: float) -> None:
+        self.model.set_cutoff(radius)
+        self.reset()
+
+    # --- ASE entry point ---------------------------------------------------------------------------
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self._validate(atoms)
+        if "stress" in properties and not (atoms.pbc.all() and atoms.cell.rank == 3):
+            raise PropertyNotImplementedError("stress needs a 3-D periodic cell")
+        self._prepare_system(atoms)
+        self.results = self._evaluate(atoms, stress="stress" in properties)
+        self._calls += 1
+        every = self.parameters.disagreement_every
+        if self.prior is not None and every and (self._calls - 1) % every == 0:
+            _, f_prior = self.prior.energy_forces(atoms)
+            diff = np.linalg.norm(self.results["forces"] - f_prior, axis=1)
+            self.results["prior_force_disagreement"] = float(diff.mean())
+            atoms.info["prior_force_disagreement"] = float(diff.mean())
+        if self.last_adaptation is not None:
+            self.results["ttt_summary"] = self.last_adaptation.summary()
+            atoms.info["ttt_summary"] = self.last_adaptation.summary()
+
+    # --- evaluation --------------------------------------------------------------------------------
+    def _evaluate(self, atoms: Atoms, stress: bool = False) -> dict:
+        head = self.parameters.head
+        if self._dense_ok(atoms) and not stress:
+            ev = self._evaluator(atoms.numbers)
+            pos = torch.as_tensor(atoms.positions, dtype=self.torch_dtype, device=self.device)[None]
+            energy, e_atom, forces = ev(pos)
+            e = float(energy[0])
+            return {"energy": e, "free_energy": e,
+                    "forces": forces[0].to(torch.float64).cpu().numpy(),
+                    "energies": e_atom[0].to(torch.float64).cpu().numpy()}
+        batch = collate([atoms], self.model.cutoff, dtype=self.torch_dtype, device=self.device)
+        out = self.model(batch, heads=(head,), stress=stress)[head]
+        e = float(out["energy"][0])
+        res = {"energy": e, "free_energy": e,
+               "forces": out["forces"].detach().to(torch.float64).cpu().numpy(),
+               "energies": out["energies"].detach().to(torch.float64).cpu().numpy()}
+        if stress:
+            from ase.constraints import full_3x3_to_voigt_6_stress
+
+            res["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().double().cpu().numpy())
+        return res
+
+    def _dense_ok(self, atoms: Atoms) -> bool:
+        return (self.model.uses_dense_kernel and not atoms.pbc.any()
+                and len(atoms) <= DENSE_MAX_ATOMS)
+
+    def _evaluator(self, numbers: np.ndarray) -> FastEvaluator:
+        key = (tuple(int(z) for z in numbers), self.parameters.head)
+        ev = self._evaluators.get(key)
+        if ev is None:
+            ev = FastEvaluator(self.model, numbers, head=self.parameters.head,
+                               compile=self.parameters.compile)
+            pos = torch.as_tensor(self.atoms.positions, dtype=self.torch_dtype, device=self.device)[None]
+            ev.check(pos)
+            self._evaluators[key] = ev
+        return ev
+
+    # --- input validation ----------------------------------------------------------------------------
+    def _validate(self, atoms: Atoms) -> None:
+        if len(atoms) == 0:
+            raise InputError("TTTCalculator: the Atoms object is empty")
+        pos = atoms.positions
+        if not np.all(np.isfinite(pos)):
+            raise InputError("TTTCalculator: positions contain NaN or infinite values")
+        if atoms.pbc.any():
+            if atoms.cell.rank == 0 or abs(atoms.cell.volume) < 1e-12 and atoms.pbc.all():
+                raise InputError("TTTCalculator: periodic boundary conditions with a zero cell")
+            for k in np.nonzero(atoms.pbc)[0]:
+                if np.linalg.norm(atoms.cell[k]) < 1e-12:
+                    raise InputError(f"TTTCalculator: pbc along axis {k} but the cell vector is zero")
+        if len(atoms) > 1:
+            from ase.geometry import get_distances
+
+            if atoms.pbc.any() or len(atoms) > 2000:
+                from ase.neighborlist import neighbor_list
+
+                d = neighbor_list("d", atoms, self.parameters.min_distance)
+                dmin = d.min() if len(d) else np.inf
+            else:
+                diff = pos[:, None, :] - pos[None, :, :]
+                dist = np.sqrt((diff**2).sum(-1))
+                dmin = dist[np.triu_indices(len(atoms), 1)].min()
+            if dmin < self.parameters.min_distance:
+                raise InputError(
+                    f"TTTCalculator: atoms overlap (closest pair {dmin:.3f} Å < min_distance="
+                    f"{self.parameters.min_distance} Å)"
+                )
+        seen = set(self.model.stats.elements or [])
+        if seen:
+            unseen = sorted(set(int(z) for z in atoms.numbers) - seen)
+            if unseen:
+                from ase.data import chemical_symbols
+
+                msg = (f"TTTCalculator: elements {[chemical_symbols[z] for z in unseen]} were not in "
+                       f"the training set ({[chemical_symbols[z] for z in sorted(seen)]}); "
+                       f"predictions for them are extrapolations")
+                if self.parameters.unseen_elements == "raise":
+                    raise InputError(msg)
+                warnings.warn(msg, stacklevel=3)
+
+    # --- adaptation hooks ----------------------------------------------------------------------------
+    def _prepare_system(self, atoms: Atoms) -> None:
+        """Adapt once per new system (radius refinement, then TTT), never mid-trajectory."""
+        p = self.parameters
+        if p.ttt == "off" and not p.radius_refinement:
+            return
+        key = system_key(atoms)
+        if key == self._system:
+            return
+        self._system = key
+        if p.radius_refinement:
+            self.refine_radius(atoms)
+        if p.ttt != "off":
+            self.adapt(atoms, force=(p.ttt == "always"))
+
+    def refine_radius(self, atoms: Atoms, radii: Sequence[float] | None = None) -> float:
+        """Choose and apply the cutoff whose Laplacian spectrum best matches training (eq. 5)."""
+        from .spectral import TrainingSpectrum, refine_radius
+
+        if not self.model.stats.spectrum:
+            raise ValueError("this model's checkpoint stores no training spectrum; "
+                             "radius refinement is unavailable")
+        spectrum = TrainingSpectrum.from_dict(self.model.stats.spectrum)
+        radius, scan = refine_radius(atoms, spectrum, radii=radii or self.parameters.radii)
+        self.last_radius_scan = scan
+        if radius != self.model.cutoff:
+            log.info("radius refinement: cutoff %.3f -> %.3f Å", self.model.cutoff, radius)
+            self.set_cutoff(radius)
+        return radius
+
+    def adapt(self, atoms_or_frames, force: bool = False, **overrides):
+        """Test-time training on the prior loss (Kreiman & Krishnapriyan 2025, sec. 5)."""
+        from .adaptation import adapt
+
+        if self.prior is None:
+            raise ValueError("test-time training needs a prior")
+        report = adapt(self, atoms_or_frames, force=force, **overrides)
+        self.last_adaptation = report
+        self.reset()
+        return report
+
+    def reset_adaptation(self) -> None:
+        """Restore the pre-TTT weights and the training cutoff exactly."""
+        self.adaptation.restore()
+        self.model.set_cutoff(self.training_cutoff)
+        self.last_adaptation = None
+        self._system = None
+        self.reset()

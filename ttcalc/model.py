@@ -1,0 +1,282 @@
+"""`MultiHeadPotential`: one shared representation θR, a main head θM and a prior head θP.
+
+Energies are sums of per-atom head outputs; forces are −∂E/∂r and stresses (1/V) ∂E/∂ε by
+autograd, so every head is a conservative potential. Parameter groups ("representation", "main",
+"prior", "adaptable") make freezing for the training regimes and for test-time training one call.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .batch import Batch
+from .graph import edge_geometry
+from .heads import EnergyHead
+from .representation import Representation, RepresentationConfig, tensornet_features_dense
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"``/``"float64"`` (or a torch dtype) -> torch dtype, with a clear error."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; use float32 or float64")
+        return dtype
+    try:
+        return DTYPES[str(dtype)]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {dtype!r}; use 'float32' or 'float64'") from None
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a :class:`MultiHeadPotential` (stored in every checkpoint)."""
+
+    representation: RepresentationConfig = field(default_factory=RepresentationConfig)
+    head_hidden: int = 32
+    heads: tuple[str, ...] = ("main", "prior")
+    #: parameter-name prefixes (relative to the model) that test-time training may update;
+    #: empty means the representation's embedding and first interaction layer
+    adaptable: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["heads"] = list(self.heads)
+        d["adaptable"] = list(self.adaptable)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        d = dict(d)
+        d["representation"] = RepresentationConfig(**d.get("representation", {}))
+        d["heads"] = tuple(d.get("heads", ("main", "prior")))
+        d["adaptable"] = tuple(d.get("adaptable", ()))
+        return cls(**d)
+
+
+@dataclass
+class TrainingStats:
+    """What the training set looked like: the reference for shift diagnostics, RR and TTT.
+
+    ``prior_force_norm`` summarises per-atom |F| of the prior labels (mean, std, quantiles);
+    ``spectrum`` is a :class:`ttcalc.spectral.TrainingSpectrum` as a dict; ``prior_loss`` is the
+    in-distribution prior loss that test-time training must not undercut (it would overfit).
+    """
+
+    elements: list[int] = field(default_factory=list)
+    n_atoms: list[int] = field(default_factory=list)
+    cutoff: float = 5.0
+    prior_force_norm: dict = field(default_factory=dict)
+    prior_frame_force_norm: dict = field(default_factory=dict)
+    spectrum: dict | None = None
+    prior_loss: float | None = None
+    molecules: list[str] = field(default_factory=list)
+    prior: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingStats":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def force_norm_summary(norms: np.ndarray) -> dict:
+    """Mean, std and quantiles of a set of force norms (eV/Å), JSON-able."""
+    norms = np.asarray(norms, dtype=float).ravel()
+    q = np.quantile(norms, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
+    return {"mean": float(norms.mean()), "std": float(norms.std()), "n": int(norms.size),
+            "quantiles": dict(zip(["0.01", "0.05", "0.25", "0.5", "0.75", "0.95", "0.99"], map(float, q)))}
+
+
+class MultiHeadPotential(nn.Module):
+    """Shared torchmd-net representation with several energy heads ("main", "prior", ...)."""
+
+    def __init__(self, config: ModelConfig | None = None, stats: TrainingStats | None = None,
+                 dtype: str | torch.dtype = "float32"):
+        super().__init__()
+        self.config = config or ModelConfig()
+        torch_dtype = resolve_dtype(dtype)
+        rep_cfg = self.config.representation
+        self.representation = Representation(rep_cfg, dtype=torch_dtype)
+        self.heads = nn.ModuleDict({
+            name: EnergyHead(rep_cfg.hidden_channels, self.config.head_hidden, rep_cfg.max_z,
+                             rep_cfg.activation, dtype=torch_dtype)
+            for name in self.config.heads
+        })
+        self.stats = stats or TrainingStats(cutoff=rep_cfg.cutoff)
+        self.to(torch_dtype)
+
+    # --- basic properties -------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def cutoff(self) -> float:
+        return self.representation.cutoff
+
+    def set_cutoff(self, radius: float) -> None:
+        self.representation.set_cutoff(radius)
+
+    @property
+    def uses_dense_kernel(self) -> bool:
+        return self.config.representation.model == "tensornet"
+
+    # --- parameter groups -------------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Parameter names of θR ("representation"), each head, and the TTT "adaptable" subset."""
+        names = [n for n, _ in self.named_parameters()]
+        groups = {"representation": [n for n in names if n.startswith("representation.")]}
+        for head in self.heads:
+            groups[head] = [n for n in names if n.startswith(f"heads.{head}.")]
+        if self.config.adaptable:
+            groups["adaptable"] = [n for n in names if n.startswith(tuple(self.config.adaptable))]
+        else:
+            groups["adaptable"] = ["representation." + n for n in self.representation.early_parameter_names()]
+        return groups
+
+    def parameters_of(self, *groups: str) -> list[nn.Parameter]:
+        """Parameters of the named groups (unknown names raise ``KeyError`` listing the valid ones)."""
+        all_groups = self.parameter_groups()
+        params = dict(self.named_parameters())
+        out, seen = [], set()
+        for g in groups:
+            if g not in all_groups:
+                raise KeyError(f"unknown parameter group {g!r}; valid: {sorted(all_groups)}")
+            for n in all_groups[g]:
+                if n not in seen:
+                    seen.add(n)
+                    out.append(params[n])
+        return out
+
+    def set_trainable(self, *groups: str) -> None:
+        """Make exactly the named groups trainable and freeze everything else."""
+        keep = {id(p) for p in self.parameters_of(*groups)}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in keep)
+
+    def freeze(self, *groups: str) -> None:
+        for p in self.parameters_of(*groups):
+            p.requires_grad_(False)
+
+    def unfreeze(self, *groups: str) -> None:
+        for p in self.parameters_of(*groups):
+            p.requires_grad_(True)
+
+    # --- forward ---------------------------------------------------------------------------------
+    def features(self, batch: Batch, pos: Tensor, strain: Tensor | None = None) -> Tensor:
+        """Per-atom features (n, F) in the flat atom order of ``batch``."""
+        if batch.dense:
+            if self.uses_dense_kernel:
+                x = tensornet_features_dense(self.representation.net, batch.z_dense, pos, batch.mask)
+                return x[batch.mask]
+            pos = pos[batch.mask]  # other representations run on the flat graph
+            batch_graph = _dense_graph_of(batch)
+            vec, w = edge_geometry(pos, batch_graph)
+            return self.representation(batch.z, batch_graph, vec, w, batch.batch)
+        cell = batch.cell
+        if strain is not None:
+            deform = torch.eye(3, dtype=pos.dtype, device=pos.device) + strain  # (B, 3, 3)
+            pos = torch.einsum("ni,nij->nj", pos, deform[batch.batch])
+            cell = torch.bmm(cell, deform)
+        src = batch.graph.edge_index[0, : batch.graph.n_real]
+        vec, w = edge_geometry(pos, batch.graph, cell[batch.batch[src]])
+        return self.representation(batch.z, batch.graph, vec, w, batch.batch)
+
+    def forward(self, batch: Batch, heads: Sequence[str] = ("main",), forces: bool = True,
+                stress: bool = False, create_graph: bool = False) -> dict[str, dict[str, Tensor]]:
+        """Predict with each named head: ``{"energy": (B,), "energies": (n,), "forces": (n, 3),
+        "stress": (B, 3, 3)}`` in eV, eV/Å and eV/Å³ (ASE sign convention)."""
+        for h in heads:
+            if h not in self.heads:
+                raise KeyError(f"model has no head {h!r}; it has {list(self.heads)}")
+        if stress and (batch.dense or batch.periodic is None or not bool(batch.periodic.all())):
+            raise ValueError("stress needs periodic structures (3-D cells) in the flat layout")
+        pos = batch.pos
+        need_grad = forces or stress
+        if need_grad and not pos.requires_grad:
+            pos = pos.detach().requires_grad_(True)
+        strain = None
+        if stress:
+            strain = torch.zeros((batch.n_structures, 3, 3), dtype=pos.dtype, device=pos.device,
+                                 requires_grad=True)
+        with torch.enable_grad() if need_grad else torch.no_grad():
+            x = self.features(batch, pos, strain)
+            out: dict[str, dict[str, Tensor]] = {}
+            for k, h in enumerate(heads):
+                e_atom = self.heads[h](x, batch.z)
+                energy = torch.zeros(batch.n_structures, dtype=e_atom.dtype, device=e_atom.device)
+                energy = energy.index_add(0, batch.batch, e_atom)
+                res = {"energy": energy, "energies": e_atom}
+                if need_grad:
+                    inputs = [pos] + ([strain] if stress else [])
+                    retain = create_graph or k < len(heads) - 1
+                    grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph,
+                                                retain_graph=retain)
+                    if forces:
+                        f = -grads[0]
+                        res["forces"] = f[batch.mask] if batch.dense else f
+                    if stress:
+                        volume = torch.linalg.det(batch.cell).abs()
+                        res["stress"] = grads[1] / volume[:, None, None]
+                out[h] = res
+        return out
+
+    # --- persistence ------------------------------------------------------------------------------
+    def save(self, path: str | Path, metadata: dict | None = None) -> Path:
+        """Write one checkpoint file (atomic); see :mod:`ttcalc.checkpoint`."""
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path, metadata)
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: str | torch.dtype | None = None,
+             device: str | torch.device = "cpu") -> "MultiHeadPotential":
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(path, dtype=dtype, device=device)
+
+
+def _dense_graph_of(batch: Batch):
+    from .graph import build_graph
+
+    sizes = batch.n_atoms.tolist()
+    return build_graph(sizes, np.zeros((sum(sizes), 3)), 1.0, dense=True, device=batch.pos.device)
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def snapshot(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, Tensor]:
+    """Detached copies of parameters (all, or the named ones), for exact restore."""
+    params = dict(model.named_parameters())
+    names = list(names) if names is not None else list(params)
+    return {n: params[n].detach().clone() for n in names}
+
+
+def restore(model: nn.Module, saved: dict[str, Tensor]) -> None:
+    """Copy parameters saved by :func:`snapshot` back into ``model`` (bit-exact)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in saved.items():
+            params[n].copy_(t)

@@ -1,0 +1,35 @@
+"""Models shipped inside the package (work offline: no network, no ../shared data).
+
+=============  ==============================================================================
+name           what it is
+=============  ==============================================================================
+``md17-abu``   TensorNet trained on rMD17 aspirin, benzene and uracil (main head: PBE/def2-SVP,
+               prior head: GFN2-xTB); see ``md17-abu.md`` beside this file for its model card.
+=============  ==============================================================================
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+PRETRAINED = {"md17-abu": "md17-abu.pt"}
+
+
+def pretrained_path(name: str) -> Path:
+    """Path of a shipped checkpoint; raises with the list of names or how to build it."""
+    if name not in PRETRAINED:
+        raise KeyError(f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}")
+    path = Path(str(resources.files(__package__).joinpath(PRETRAINED[name])))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained model {name!r} is not in this installation ({path}); build it with "
+            f"`ttcalc train --config benchmarks/md17_unseen/train.toml`"
+        )
+    return path
+
+
+def load_pretrained(name: str = "md17-abu", dtype=None, device="cpu"):
+    """Load a shipped :class:`~ttcalc.model.MultiHeadPotential` by name."""
+    from ..checkpoint import load_checkpoint
+
+    return load_checkpoint(pretrained_path(name), dtype=dtype, device=device)

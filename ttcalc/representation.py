@@ -1,0 +1,314 @@
+"""The shared representation θR: torchmd-net's TensorNet (default) or Equivariant Transformer.
+
+The parameters are torchmd-net's own modules, so checkpoints keep torchmd-net's layout. The forward
+pass is ours: it takes a precomputed :class:`~ttcalc.graph.Graph` instead of torchmd-net's internal
+neighbour search. That gives (i) periodic edges that are differentiable in the cell (stress),
+(ii) one cutoff that we can move for radius refinement, and (iii) static shapes and plain PyTorch
+ops that ``torch.compile`` can fuse. ``tests/test_representation.py`` checks that the result equals
+torchmd-net's native forward.
+
+TensorNet: Simeon & De Fabritiis, "TensorNet: Cartesian tensor representations for efficient
+learning of molecular potentials", NeurIPS 2023 (eqs. 3-10 for embedding and interaction).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchmdnet.models import tensornet as tn
+from torchmdnet.models.torchmd_et import TorchMD_ET
+from torchmdnet.models.utils import CosineCutoff
+
+from .graph import Graph
+
+
+@dataclass
+class RepresentationConfig:
+    """Hyperparameters of the representation (names follow torchmd-net)."""
+
+    model: Literal["tensornet", "equivariant-transformer"] = "tensornet"
+    hidden_channels: int = 64
+    num_layers: int = 2
+    num_rbf: int = 32
+    rbf_type: str = "expnorm"
+    activation: str = "silu"
+    cutoff: float = 5.0
+    max_z: int = 100
+    num_heads: int = 8  # equivariant transformer only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Representation(nn.Module):
+    """Per-atom invariant features x_i (N, F) from atomic numbers and edge geometry."""
+
+    def __init__(self, config: RepresentationConfig, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = config
+        if config.model == "tensornet":
+            self.net = tn.TensorNet(
+                hidden_channels=config.hidden_channels,
+                num_layers=config.num_layers,
+                num_rbf=config.num_rbf,
+                rbf_type=config.rbf_type,
+                activation=config.activation,
+                cutoff_upper=config.cutoff,
+                max_z=config.max_z,
+                static_shapes=False,
+                dtype=dtype,
+            )
+        elif config.model == "equivariant-transformer":
+            self.net = TorchMD_ET(
+                hidden_channels=config.hidden_channels,
+                num_layers=config.num_layers,
+                num_rbf=config.num_rbf,
+                rbf_type=config.rbf_type,
+                activation=config.activation,
+                cutoff_upper=config.cutoff,
+                max_z=config.max_z,
+                num_heads=config.num_heads,
+                dtype=dtype,
+            )
+        else:
+            raise ValueError(
+                f"unknown representation {config.model!r}; choose 'tensornet' or 'equivariant-transformer'"
+            )
+        self._cutoff = float(config.cutoff)
+
+    # --- cutoff (radius refinement) -------------------------------------------------------------
+    @property
+    def cutoff(self) -> float:
+        """The radius of the neighbour graph and of every cosine envelope."""
+        return self._cutoff
+
+    def set_cutoff(self, radius: float) -> None:
+        """Move the graph radius and every smooth envelope to ``radius`` (radius refinement).
+
+        The radial basis keeps its learned centres and widths; only its envelope moves, so
+        features change smoothly with the radius and the energy stays continuous at the new cutoff
+        (Kreiman & Krishnapriyan 2025, sec. 4).
+        """
+        if not (radius > 0 and math.isfinite(radius)):
+            raise ValueError(f"cutoff must be a positive finite number, got {radius!r}")
+        for module in self.net.modules():
+            if isinstance(module, CosineCutoff):
+                module.cutoff_upper = float(radius)
+        self._cutoff = float(radius)
+
+    # --- parameter groups ---------------------------------------------------------------------
+    def early_parameter_names(self) -> list[str]:
+        """Names (relative to this module) of the embedding and first interaction layer.
+
+        These are the layers that test-time training adapts by default (Kreiman & Krishnapriyan
+        2025, sec. 5.2: update the early layers, keep the heads fixed).
+        """
+        if self.config.model == "tensornet":
+            prefixes = ("net.tensor_embedding.", "net.layers.0.")
+        else:
+            prefixes = ("net.embedding.", "net.neighbor_embedding.", "net.attention_layers.0.")
+        return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
+
+    # --- forward --------------------------------------------------------------------------------
+    def forward(
+        self, z: Tensor, graph: Graph, edge_vec: Tensor, edge_weight: Tensor, batch: Tensor
+    ) -> Tensor:
+        if self.config.model == "tensornet":
+            return tensornet_features(self.net, z, graph.edge_index, edge_vec, edge_weight)
+        return _et_features(self.net, z, graph.edge_index, edge_vec, edge_weight, batch)
+
+
+def _matmul3(X: Tensor, Y: Tensor) -> Tensor:
+    """Channel-wise 3x3 matrix product of (..., 3, 3, F) tensors as a broadcast sum.
+
+    Equals torchmd-net's permute+matmul, but as one elementwise product and a reduction: CPU
+    ``bmm`` over N*F tiny 3x3 matrices loops matrix by matrix and dominated the step time.
+    """
+    return (X.unsqueeze(-2) * Y.unsqueeze(-4)).sum(-3)
+
+
+def _matmul_o3(Y: Tensor, msg: Tensor) -> Tensor:
+    return _matmul3(msg, Y) + _matmul3(Y, msg)
+
+
+def tensornet_features(
+    net: tn.TensorNet, z: Tensor, edge_index: Tensor, edge_vec: Tensor, edge_weight: Tensor
+) -> Tensor:
+    """TensorNet's forward pass (pure-PyTorch branch of torchmd-net 3.1) on a given graph.
+
+    Mirrors ``TensorNet.forward`` with ``static_shapes=False`` and the non-Warp ops, so the same
+    parameters give the same features; see torchmd-net ``models/tensornet.py``.
+    """
+    edge_attr = net.distance_expansion(edge_weight)
+    self_loop = edge_index[0] == edge_index[1]
+    # unit vectors; self loops have zero vectors and keep them (divisor 1)
+    edge_unit = edge_vec / edge_weight.masked_fill(self_loop, 1.0).unsqueeze(1)
+    n_atoms = z.shape[0]
+    X = _embedding(net.tensor_embedding, z, edge_index, edge_weight, edge_unit, edge_attr, n_atoms)
+    q = torch.zeros_like(z)
+    for layer in net.layers:
+        X = _interaction(layer, X, edge_index, edge_weight, edge_attr, q, n_atoms)
+    I, A, S = tn._decompose_tensor(X)
+    x = torch.cat((3 * I**2, tn.tensor_norm(A), tn.tensor_norm(S)), dim=-1)
+    x = net.out_norm(x)
+    return net.act(net.linear(x))
+
+
+def _embedding(emb, z, edge_index, edge_weight, edge_unit, edge_attr, n_atoms: int) -> Tensor:
+    F = emb.hidden_channels
+    Z = emb.emb(z)
+    Zij = emb.emb2(Z.index_select(0, edge_index.t().reshape(-1)).view(-1, 2 * F))
+    dp = torch.stack(
+        [emb.distance_proj1(edge_attr), emb.distance_proj2(edge_attr), emb.distance_proj3(edge_attr)],
+        dim=1,
+    )
+    CZij = emb.cutoff(edge_weight).unsqueeze(-1) * Zij
+    edge_attr_processed = CZij.unsqueeze(1) * dp
+    I, A, S = tn.tensornet_embedding_message_passing(edge_unit, edge_attr_processed, edge_index, n_atoms)
+    X = tn._compose_tensor(I, A, S)
+    norm = emb.init_norm(tn.tensor_norm(X))
+    for linear_scalar in emb.linears_scalar:
+        norm = emb.act(linear_scalar(norm))
+    norm = norm.reshape(-1, 3, F)
+    I = emb.linears_tensor[0](I) * norm[:, 0, :]
+    A = emb.linears_tensor[1](A) * norm[:, 1, None, None, :]
+    S = emb.linears_tensor[2](S) * norm[:, 2, None, None, :]
+    return tn._compose_tensor(I, A, S)
+
+
+def _interaction(layer, X, edge_index, edge_weight, edge_attr, q, n_atoms: int) -> Tensor:
+    C = layer.cutoff(edge_weight)
+    for linear_scalar in layer.linears_scalar:
+        edge_attr = layer.act(linear_scalar(edge_attr))
+    edge_attr = (edge_attr * C.view(-1, 1)).reshape(edge_attr.shape[0], 3, layer.hidden_channels)
+    X = X / (tn.tensor_norm(X) + 1)[:, None, None, :]
+    I, A, S = tn._decompose_tensor(X)
+    I = layer.linears_tensor[0](I)
+    A = layer.linears_tensor[1](A)
+    S = layer.linears_tensor[2](S)
+    Y = tn._compose_tensor(I, A, S)
+    Im, Am, Sm = tn.tensornet_interaction_message_passing(I, A, S, edge_attr, edge_index, n_atoms)
+    msg = tn._compose_tensor(Im, Am, Sm)
+    qf = (1 + 0.1 * q)[..., None, None, None]
+    if layer.equivariance_invariance_group == "O(3)":
+        C = qf * _matmul_o3(Y, msg)
+    else:
+        C = 2 * _matmul3(Y, msg)
+    I, A, S = tn._decompose_tensor(C)
+    normp1 = tn.tensor_norm(C) + 1
+    I, A, S = I / normp1, A / normp1[..., None, None, :], S / normp1[..., None, None, :]
+    I = layer.linears_tensor[3](I)
+    A = layer.linears_tensor[4](A)
+    S = layer.linears_tensor[5](S)
+    dX = tn._compose_tensor(I, A, S)
+    return X + dX + qf * _matmul3(dX, dX)
+
+
+def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
+    """TensorNet features of B padded molecules on the complete graph, as dense tensors.
+
+    ``z`` (B, N), ``pos`` (B, N, 3), ``mask`` (B, N) bool (False for padding) -> (B, N, F).
+    The (i, j) grid holds every ordered pair and the diagonal holds the self loops, so this is
+    :func:`tensornet_features` on the dense graph with every scatter/gather replaced by a batched
+    contraction (eq. 7 and 9 of the TensorNet paper as sums over j). Padding atoms neither send
+    nor receive messages: every edge term carries the envelope times the pair mask.
+    """
+    B, N = z.shape
+    F = net.hidden_channels
+    offdiag = ~torch.eye(N, dtype=torch.bool, device=pos.device)
+    pair = (mask[:, :, None] & mask[:, None, :]).to(pos.dtype)
+    d = pos[:, None, :, :] - pos[:, :, None, :]  # d[b, i, j] = r_j - r_i
+    r2 = (d * d).sum(-1)
+    # sqrt of 1 on the diagonal keeps the gradient finite; the diagonal distance is then zeroed
+    r = torch.sqrt(torch.where(offdiag, r2, torch.ones_like(r2))) * offdiag
+    u = d / torch.where(offdiag, r, torch.ones_like(r)).unsqueeze(-1)
+    edge_attr = net.distance_expansion(r)  # (B, N, N, R)
+
+    emb = net.tensor_embedding
+    Z = emb.emb(z)  # (B, N, F)
+    W, b = emb.emb2.weight, emb.emb2.bias  # Zij = emb2([Z_i, Z_j])
+    Zij = (Z @ W[:, :F].T)[:, :, None, :] + (Z @ W[:, F:].T)[:, None, :, :] + b
+    CZij = (emb.cutoff(r) * pair).unsqueeze(-1) * Zij
+    I = (CZij * emb.distance_proj1(edge_attr)).sum(2).reshape(B * N, F)
+    # sums over neighbours j as broadcast products (see _matmul3 for why not einsum/bmm)
+    A_vec = ((CZij * emb.distance_proj2(edge_attr)).unsqueeze(-2) * u.unsqueeze(-1)).sum(2)
+    uu = u.unsqueeze(-1) * u.unsqueeze(-2)  # (B, N, N, 3, 3)
+    S_full = ((CZij * emb.distance_proj3(edge_attr))[..., None, None, :] * uu.unsqueeze(-1)).sum(2)
+    A = tn.vector_to_skewtensor(A_vec.reshape(B * N, 3, F))
+    S = tn.outer_to_symtensor(S_full.reshape(B * N, 3, 3, F))
+    X = tn._compose_tensor(I, A, S)
+    norm = emb.init_norm(tn.tensor_norm(X))
+    for linear_scalar in emb.linears_scalar:
+        norm = emb.act(linear_scalar(norm))
+    norm = norm.reshape(-1, 3, F)
+    I = emb.linears_tensor[0](I) * norm[:, 0, :]
+    A = emb.linears_tensor[1](A) * norm[:, 1, None, None, :]
+    S = emb.linears_tensor[2](S) * norm[:, 2, None, None, :]
+    X = tn._compose_tensor(I, A, S)
+
+    for layer in net.layers:
+        C = layer.cutoff(r) * pair
+        ea = edge_attr
+        for linear_scalar in layer.linears_scalar:
+            ea = layer.act(linear_scalar(ea))
+        ea = (ea * C.unsqueeze(-1)).reshape(B, N, N, 3, F)
+        X = X / (tn.tensor_norm(X) + 1)[:, None, None, :]
+        I, A, S = tn._decompose_tensor(X)
+        I = layer.linears_tensor[0](I)
+        A = layer.linears_tensor[1](A)
+        S = layer.linears_tensor[2](S)
+        Y = tn._compose_tensor(I, A, S)
+        Im = (ea[..., 0, :] * I.reshape(B, 1, N, F)).sum(2)
+        A_v = tn.skewtensor_to_vector(A).reshape(B, 1, N, 3, F)
+        Am = (ea[..., 1, :].unsqueeze(-2) * A_v).sum(2)
+        Sm = (ea[..., 2, :][..., None, None, :] * S.reshape(B, 1, N, 3, 3, F)).sum(2)
+        msg = tn._compose_tensor(
+            Im.reshape(B * N, F),
+            tn.vector_to_skewtensor(Am.reshape(B * N, 3, F)),
+            Sm.reshape(B * N, 3, 3, F),
+        )
+        if layer.equivariance_invariance_group == "O(3)":
+            C = _matmul_o3(Y, msg)
+        else:
+            C = 2 * _matmul3(Y, msg)
+        I, A, S = tn._decompose_tensor(C)
+        normp1 = tn.tensor_norm(C) + 1
+        I, A, S = I / normp1, A / normp1[..., None, None, :], S / normp1[..., None, None, :]
+        I = layer.linears_tensor[3](I)
+        A = layer.linears_tensor[4](A)
+        S = layer.linears_tensor[5](S)
+        dX = tn._compose_tensor(I, A, S)
+        X = X + dX + _matmul3(dX, dX)
+
+    I, A, S = tn._decompose_tensor(X)
+    x = torch.cat((3 * I**2, tn.tensor_norm(A), tn.tensor_norm(S)), dim=-1)
+    x = net.act(net.linear(net.out_norm(x)))
+    return x.reshape(B, N, F)
+
+
+class _GivenGraph(nn.Module):
+    """Stands in for torchmd-net's distance module so the ET runs on our graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.edges: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def forward(self, pos, batch, box=None):
+        assert self.edges is not None
+        return self.edges
+
+
+def _et_features(net: TorchMD_ET, z, edge_index, edge_vec, edge_weight, batch) -> Tensor:
+    """Equivariant Transformer (Thölke & De Fabritiis, ICLR 2022) features on a given graph."""
+    if not isinstance(net.distance, _GivenGraph):
+        net.distance = _GivenGraph()
+    # ET normalises edge_vec in place; hand it a copy
+    net.distance.edges = (edge_index, edge_weight, edge_vec.clone())
+    try:
+        x, _vec, *_ = net(z, edge_vec.new_zeros((z.shape[0], 3)), batch)
+    finally:
+        net.distance.edges = None
+    return x

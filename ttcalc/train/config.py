@@ -1,0 +1,123 @@
+"""Typed training configuration, read from one TOML or YAML file that reproduces a run."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from ..model import ModelConfig
+from ..representation import RepresentationConfig
+
+Regime = Literal["pretrain-freeze-finetune", "joint", "supervised"]
+
+
+@dataclass
+class DataConfig:
+    """Where labelled frames come from.
+
+    ``source="rmd17"`` takes ``n_train``+``n_val`` frames per molecule from an official train split
+    (test frames never enter training); ``source="files"`` reads extended XYZ / ASE db files.
+    """
+
+    source: Literal["rmd17", "files"] = "rmd17"
+    molecules: list[str] = field(default_factory=lambda: ["benzene"])
+    split: str = "train_01"
+    n_train: int = 1000
+    n_val: int = 100
+    files: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class PriorConfig:
+    """The prior that labels frames for the prior head: ``"xtb"``, ``"tblite"``, ``"emt"``,
+    ``"lj"`` or ``"sgdml"`` (fitted per molecule on ``sgdml_frames`` of its own train frames)."""
+
+    name: str = "xtb"
+    sgdml_frames: int = 300
+
+
+@dataclass
+class StageConfig:
+    """Optimisation settings of one training stage."""
+
+    lr: float = 1e-3
+    batch_size: int = 16
+    max_epochs: int = 100
+    max_minutes: float = 60.0
+    patience: int = 10
+    lr_factor: float = 0.5
+    lr_patience: int = 3
+    min_lr: float = 1e-6
+    energy_weight: float = 1.0
+    force_weight: float = 10.0
+    weight_decay: float = 0.0
+    grad_clip: float = 100.0
+
+
+@dataclass
+class TrainConfig:
+    """A complete, reproducible training run."""
+
+    regime: Regime = "pretrain-freeze-finetune"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    pretrain: StageConfig = field(default_factory=StageConfig)
+    finetune: StageConfig = field(default_factory=StageConfig)
+    joint_prior_weight: float = 1.0
+    output: str = "runs/model.pt"
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    spectrum_frames: int = 500
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        _check_keys(cls, d, "train config")
+        model = d.pop("model", {})
+        rep = dict(model.get("representation", {}))
+        _check_keys(RepresentationConfig, rep, "[model.representation]")
+        out = cls(**{k: v for k, v in d.items() if k not in ("data", "prior", "pretrain", "finetune")})
+        out.model = ModelConfig.from_dict({**model, "representation": rep})
+        for name, typ in (("data", DataConfig), ("prior", PriorConfig), ("pretrain", StageConfig),
+                          ("finetune", StageConfig)):
+            sub = d.get(name, {})
+            _check_keys(typ, sub, f"[{name}]")
+            setattr(out, name, typ(**sub))
+        if out.regime not in ("pretrain-freeze-finetune", "joint", "supervised"):
+            raise ValueError(f"unknown regime {out.regime!r}; use pretrain-freeze-finetune, joint "
+                             f"or supervised")
+        if out.regime == "supervised":
+            out.model.heads = ("main",)
+        return out
+
+
+def _check_keys(cls, d: dict, where: str) -> None:
+    valid = {f.name for f in fields(cls)}
+    bad = set(d) - valid
+    if bad:
+        raise ValueError(f"unknown keys {sorted(bad)} in {where}; valid: {sorted(valid)}")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a :class:`TrainConfig` from a ``.toml``, ``.yaml`` or ``.yml`` file."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        raw = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"config must be .toml, .yaml or .yml, got {path.name}")
+    return TrainConfig.from_dict(raw)

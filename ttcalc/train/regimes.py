@@ -1,0 +1,182 @@
+"""Training regimes for a multi-head potential (Kreiman & Krishnapriyan 2025, sec. 5.1):
+
+(a) ``pretrain-freeze-finetune``: train θR + θP on prior labels, freeze θR, train θM on reference
+    labels. The representation then serves both heads, so TTT on the prior loss moves features the
+    main head reads.
+(b) ``joint``: train θR + θM + θP on L_M + λ L_P together.
+(c) ``supervised``: θR + θM on reference labels only; the no-prior baseline.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from ..data import fit_element_references, label_with_prior, load_rmd17, read_frames, split_frames
+from ..model import MultiHeadPotential, TrainingStats, force_norm_summary
+from ..priors import Prior, SGDMLPrior, make_prior
+from .config import TrainConfig
+from .trainer import Targets, evaluate_loss, train_stage
+from ..losses import LossWeights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dataset:
+    """Aligned train/validation frames with reference labels, and prior labels when used."""
+
+    train: list[Atoms]
+    val: list[Atoms]
+    train_prior: list[Atoms] | None = None
+    val_prior: list[Atoms] | None = None
+    molecules: list[str] | None = None
+
+
+def load_training_frames(cfg: TrainConfig) -> tuple[list[Atoms], list[Atoms], list[str]]:
+    """Reference-labelled train and validation frames, drawn from train splits only."""
+    d = cfg.data
+    train, val, groups = [], [], []
+    if d.source == "rmd17":
+        for mol in d.molecules:
+            frames = load_rmd17(mol, split=d.split, n=d.n_train + d.n_val, seed=d.seed)
+            val += frames[: d.n_val]
+            train += frames[d.n_val:]
+            groups.append(mol)
+    elif d.source == "files":
+        if not d.files:
+            raise ValueError("data.source='files' needs data.files")
+        for path in d.files:
+            frames = read_frames(path)
+            tr, va = split_frames(frames, (1 - d.n_val / max(len(frames), 1), d.n_val / max(len(frames), 1)),
+                                  seed=d.seed) if d.n_val else (frames, [])
+            train += tr[: d.n_train] if d.n_train else tr
+            val += va
+            groups.append(Path(path).stem)
+    else:
+        raise ValueError(f"unknown data source {d.source!r}")
+    if not train or not val:
+        raise ValueError("training needs at least one train and one validation frame")
+    return train, val, groups
+
+
+def priors_for(cfg: TrainConfig, train: Sequence[Atoms]) -> dict[tuple, Prior]:
+    """One prior per system (sGDML is molecule-specific); keyed by atomic-number tuples."""
+    systems: dict[tuple, list[Atoms]] = {}
+    for a in train:
+        systems.setdefault(tuple(a.numbers), []).append(a)
+    if cfg.prior.name == "sgdml":
+        return {k: SGDMLPrior.from_frames(v, n_train=min(cfg.prior.sgdml_frames, len(v)), seed=cfg.seed)
+                for k, v in systems.items()}
+    prior = make_prior(cfg.prior.name)
+    if prior is None:
+        raise ValueError(f"regime {cfg.regime!r} needs a prior; got {cfg.prior.name!r}")
+    return {k: prior for k in systems}
+
+
+def label_frames(frames: Sequence[Atoms], priors: dict[tuple, Prior], progress: bool) -> list[Atoms]:
+    out: list[Atoms | None] = [None] * len(frames)
+    by_prior: dict[int, list[int]] = {}
+    for i, a in enumerate(frames):
+        by_prior.setdefault(id(priors[tuple(a.numbers)]), []).append(i)
+    for idx in by_prior.values():
+        prior = priors[tuple(frames[idx[0]].numbers)]
+        labelled = label_with_prior([frames[i] for i in idx], prior, progress=progress)
+        for i, a in zip(idx, labelled):
+            out[i] = a
+    return out  # type: ignore[return-value]
+
+
+def install_head_statistics(model: MultiHeadPotential, head: str, frames: Sequence[Atoms]) -> None:
+    """Least-squares element references and the RMS force scale of ``head``'s labels."""
+    refs = fit_element_references(frames)
+    rms = float(np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in frames]) ** 2)))
+    model.heads[head].set_statistics(refs, rms)
+
+
+def training_stats(cfg: TrainConfig, model: MultiHeadPotential, ds: Dataset) -> TrainingStats:
+    """Statistics of the training set that TTT, RR and the shift diagnostics compare against."""
+    from ..spectral import build_training_spectrum
+
+    prior_frames = ds.train_prior or ds.train
+    norms = np.concatenate([np.linalg.norm(a.get_forces(), axis=1) for a in prior_frames])
+    frame_norms = np.array([np.linalg.norm(a.get_forces(), axis=1).mean() for a in prior_frames])
+    spectrum = build_training_spectrum(ds.train, radius=model.cutoff, max_frames=cfg.spectrum_frames,
+                                       seed=cfg.seed)
+    stats = TrainingStats(
+        elements=sorted({int(z) for a in ds.train for z in a.numbers}),
+        n_atoms=sorted({len(a) for a in ds.train}),
+        cutoff=model.cutoff,
+        prior_force_norm=force_norm_summary(norms),
+        prior_frame_force_norm=force_norm_summary(frame_norms),
+        spectrum=spectrum.to_dict(),
+        molecules=list(ds.molecules or []),
+        prior=None if ds.train_prior is None else cfg.prior.name,
+    )
+    if ds.val_prior is not None and "prior" in model.heads:
+        w = LossWeights(cfg.pretrain.energy_weight, cfg.pretrain.force_weight)
+        stats.prior_loss = float(evaluate_loss(model, ds.val, {"prior": Targets.from_frames(ds.val_prior)},
+                                               {"prior": 1.0}, w)["prior"])
+    return stats
+
+
+def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | None = None):
+    """Run the configured regime; returns the trained model and a JSON-able report.
+
+    The best model is written to ``cfg.output`` (atomically), with ``cfg`` in its metadata so
+    the checkpoint says how to reproduce it. A CSV log goes beside it.
+    """
+    import torch
+
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    out_path = Path(cfg.output)
+    log_path = out_path.with_suffix(".csv")
+    train, val, groups = load_training_frames(cfg)
+    ds = Dataset(train, val, molecules=groups)
+    timings = {}
+    if cfg.regime != "supervised":
+        t = time.perf_counter()
+        priors = priors_for(cfg, train)
+        ds.train_prior = label_frames(train, priors, progress)
+        ds.val_prior = label_frames(val, priors, progress)
+        timings["prior_labelling_s"] = time.perf_counter() - t
+    model = MultiHeadPotential(cfg.model, dtype=cfg.dtype).to(cfg.device)
+    install_head_statistics(model, "main", train)
+    if ds.train_prior is not None:
+        install_head_statistics(model, "prior", ds.train_prior)
+    main_t, main_v = Targets.from_frames(train), Targets.from_frames(val)
+    stages = {}
+    common = dict(log_path=log_path, seed=cfg.seed, progress=progress)
+    if cfg.regime == "pretrain-freeze-finetune":
+        prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
+        stages["pretrain"] = train_stage(model, train, {"prior": prior_t}, val, {"prior": prior_v},
+                                         ["representation", "prior"], cfg.pretrain, name="pretrain", **common)
+        stages["finetune"] = train_stage(model, train, {"main": main_t}, val, {"main": main_v},
+                                         ["main"], cfg.finetune, name="finetune", **common)
+    elif cfg.regime == "joint":
+        prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
+        hw = {"main": 1.0, "prior": cfg.joint_prior_weight}
+        stages["joint"] = train_stage(model, train, {"main": main_t, "prior": prior_t}, val,
+                                      {"main": main_v, "prior": prior_v}, ["representation", "main", "prior"],
+                                      cfg.pretrain, head_weights=hw, name="joint", **common)
+    else:
+        stages["supervised"] = train_stage(model, train, {"main": main_t}, val, {"main": main_v},
+                                           ["representation", "main"], cfg.pretrain, name="supervised", **common)
+    model.stats = training_stats(cfg, model, ds)
+    timings["total_s"] = time.perf_counter() - t_start
+    report = {
+        "config": cfg.to_dict(),
+        "n_train": len(train), "n_val": len(val), "molecules": groups,
+        "stages": {k: {"best_val_loss": v.best_val_loss, "epochs": v.epochs, "seconds": v.seconds,
+                       "stop_reason": v.stop_reason} for k, v in stages.items()},
+        "timings": timings,
+    }
+    model.save(out_path, metadata={"train_config": cfg.to_dict(), "report": report})
+    log.info("saved %s (%.1f s)", out_path, timings["total_s"])
+    return model, report

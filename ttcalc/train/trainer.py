@@ -1,0 +1,203 @@
+"""One optimisation stage: Adam, plateau LR schedule, early stopping, best checkpoint, CSV log.
+
+A stage trains some parameter groups of a :class:`~ttcalc.model.MultiHeadPotential` on targets
+for some heads. Targets of different heads share geometries (the same frames labelled by DFT and
+by the prior), so one forward pass serves every head.
+
+Multi-process data parallelism: launched under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes
+a shard of every batch and gradients are averaged with ``torch.distributed`` (gloo on CPU, nccl
+on GPUs); rank 0 alone writes logs and checkpoints. The single-process path is the same code
+with a world of one.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from tqdm.auto import tqdm
+
+from ..batch import Batch, collate
+from ..losses import LossWeights, energy_force_loss
+from ..model import MultiHeadPotential, restore, snapshot
+from .config import StageConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Targets:
+    """Energies (M,) and forces (list of (N_m, 3)) of one head for M aligned frames."""
+
+    energy: np.ndarray
+    forces: list[np.ndarray]
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Atoms]) -> "Targets":
+        return cls(np.array([a.get_potential_energy() for a in frames]),
+                   [np.asarray(a.get_forces()) for a in frames])
+
+    def subset(self, idx: Sequence[int]) -> "Targets":
+        return Targets(self.energy[list(idx)], [self.forces[i] for i in idx])
+
+
+@dataclass
+class StageResult:
+    best_val_loss: float
+    epochs: int
+    seconds: float
+    stop_reason: str
+    history: list[dict] = field(default_factory=list)
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
+def evaluate_loss(model: MultiHeadPotential, frames: Sequence[Atoms], targets: dict[str, Targets],
+                  head_weights: dict[str, float], weights: LossWeights, batch_size: int = 64) -> dict:
+    """Mean loss per head over ``frames`` (no gradient w.r.t. parameters)."""
+    totals = {h: 0.0 for h in targets}
+    n = len(frames)
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        batch = collate([frames[i] for i in idx], model.cutoff, model.dtype, model.device)
+        pred = model(batch, heads=tuple(targets))
+        for h, t in targets.items():
+            e, f = _label_tensors(t, idx, batch)
+            loss, _ = energy_force_loss({k: v.detach() for k, v in pred[h].items()}, e, f,
+                                        batch.n_atoms, weights)
+            totals[h] += float(loss) * len(idx)
+    out = {h: v / n for h, v in totals.items()}
+    out["total"] = sum(head_weights[h] * out[h] for h in targets)
+    return out
+
+
+def _label_tensors(t: Targets, idx: Sequence[int], batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype, device = batch.pos.dtype, batch.pos.device
+    e = torch.as_tensor(t.energy[list(idx)], dtype=dtype, device=device)
+    f = torch.as_tensor(np.concatenate([t.forces[i] for i in idx]), dtype=dtype, device=device)
+    return e, f
+
+
+def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_targets: dict[str, Targets],
+                val_frames: Sequence[Atoms], val_targets: dict[str, Targets], groups: Sequence[str],
+                cfg: StageConfig, head_weights: dict[str, float] | None = None, name: str = "stage",
+                log_path: str | Path | None = None, checkpoint_path: str | Path | None = None,
+                seed: int = 0, progress: bool = True) -> StageResult:
+    """Train parameter ``groups`` on the heads in ``train_targets``; keep the best validation
+    weights (restored into ``model`` at the end) and save them to ``checkpoint_path``."""
+    rank, world = _world()
+    head_weights = head_weights or {h: 1.0 for h in train_targets}
+    weights = LossWeights(cfg.energy_weight, cfg.force_weight)
+    model.set_trainable(*groups)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{name}: no trainable parameters in groups {groups}")
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience,
+                                                       min_lr=cfg.min_lr)
+    rng = np.random.default_rng(seed)
+    n = len(train_frames)
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    writer, fh = None, None
+    if log_path is not None and rank == 0:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        fh = open(log_path, "a", newline="")
+        writer = csv.writer(fh)
+        if fh.tell() == 0:
+            writer.writerow(["stage", "epoch", "lr", "train_loss", "val_loss", "seconds"]
+                            + [f"val_{h}" for h in val_targets])
+    t0 = time.perf_counter()
+    best = evaluate_loss(model, val_frames, val_targets, head_weights, weights)["total"]
+    best_state, stale, history = snapshot(model), 0, []
+    reason = f"max_epochs ({cfg.max_epochs})"
+    epoch = 0
+    bar = tqdm(total=cfg.max_epochs, desc=name, disable=not progress or rank != 0, unit="epoch")
+    try:
+        for epoch in range(1, cfg.max_epochs + 1):
+            order = rng.permutation(n)
+            running = 0.0
+            for s in range(steps_per_epoch):
+                idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                idx = idx[rank::world] if world > 1 else idx
+                if len(idx) == 0:
+                    continue
+                batch = collate([train_frames[i] for i in idx], model.cutoff, model.dtype, model.device)
+                opt.zero_grad(set_to_none=True)
+                pred = model(batch, heads=tuple(train_targets), create_graph=True)
+                loss = 0.0
+                for h, t in train_targets.items():
+                    e, f = _label_tensors(t, idx, batch)
+                    loss_h, _ = energy_force_loss(pred[h], e, f, batch.n_atoms, weights)
+                    loss = loss + head_weights[h] * loss_h
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{name}: non-finite training loss at epoch {epoch}")
+                loss.backward()
+                _average_gradients(params, world)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                running += float(loss.detach())
+            val = evaluate_loss(model, val_frames, val_targets, head_weights, weights)
+            sched.step(val["total"])
+            lr = opt.param_groups[0]["lr"]
+            row = {"epoch": epoch, "lr": lr, "train_loss": running / steps_per_epoch,
+                   "val_loss": val["total"], "seconds": time.perf_counter() - t0}
+            history.append(row)
+            if writer is not None:
+                writer.writerow([name, epoch, f"{lr:.3g}", f"{row['train_loss']:.6g}", f"{val['total']:.6g}",
+                                 f"{row['seconds']:.1f}"] + [f"{val[h]:.6g}" for h in val_targets])
+                fh.flush()
+            bar.update(1)
+            bar.set_postfix(val=f"{val['total']:.4g}", lr=f"{lr:.1e}")
+            if val["total"] < best:
+                best, best_state, stale = val["total"], snapshot(model), 0
+                if checkpoint_path is not None and rank == 0:
+                    model.save(checkpoint_path, metadata={"stage": name, "epoch": epoch, "val_loss": best})
+            else:
+                stale += 1
+            if stale >= cfg.patience:
+                reason = f"early stopping ({cfg.patience} epochs without improvement)"
+                break
+            if lr <= cfg.min_lr * (1 + 1e-9) and stale > 0:
+                reason = "learning rate reached min_lr"
+                break
+            if row["seconds"] > cfg.max_minutes * 60:
+                reason = f"time budget ({cfg.max_minutes} min)"
+                break
+    finally:
+        bar.close()
+        if fh is not None:
+            fh.close()
+    restore(model, best_state)
+    model.requires_grad_(False)
+    log.info("%s: best val loss %.5g after %d epochs (%s)", name, best, epoch, reason)
+    return StageResult(best, epoch, time.perf_counter() - t0, reason, history)
+
+
+def init_distributed_from_env() -> bool:
+    """Join a ``torchrun`` process group if one is described by the environment."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        return True
+    return False
