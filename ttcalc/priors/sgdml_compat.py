@@ -1,0 +1,135 @@
+"""What sgdml 1.0.3 needs from its callers and from NumPy, in one place.
+
+sgdml 1.0.3 predates NumPy 2.4 and reads its dataset/model dictionaries the way its own
+``.npz`` files store them. Three things follow; each is handled here and nowhere else:
+
+1. ``np.in1d`` was deprecated in NumPy 2.0 and removed in 2.4. sgdml calls it in
+   ``GDMLTrain.draw_strat_sample`` (``sgdml/train.py``, when a subset smaller than the dataset is
+   drawn). :func:`ensure_numpy_compat` installs ``np.in1d`` as an alias of ``np.isin`` (its
+   documented replacement, same semantics for 1-D input) *only if* NumPy lacks it, and is
+   idempotent. It touches nothing when ``np.in1d`` exists (NumPy < 2.4), so it never replaces a
+   real implementation. This is the least invasive fix: sgdml's source stays untouched and no
+   other name is added or changed.
+2. Metadata fields are NumPy arrays, not Python strings: ``create_task`` calls
+   ``train_dataset['name'].astype(str)``. :func:`make_dataset` builds the dataset dictionary
+   with ``np.array`` metadata, the units fields and the MD5 fingerprint sgdml computes itself
+   (``sgdml.utils.io.dataset_md5``), so the dict is exactly what ``np.load`` of an sgdml dataset
+   file would give.
+3. ``GDMLTrain`` allows one live instance per process (a module-level ``sgdml.train.glob``
+   dict created in ``__init__`` and removed by ``__del__`` whenever the object is collected).
+   :func:`gdml_trainer` yields a trainer whose ``__del__`` is inert and removes that state itself
+   when the block exits, also when training raises, so a failed fit never blocks the next one and
+   a late garbage collection never removes a newer trainer's state.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: sgdml's default units (what its ASE calculator assumes): kcal/mol and Å
+SGDML_ENERGY_UNIT = "kcal/mol"
+SGDML_LENGTH_UNIT = "Ang"
+
+
+def ensure_numpy_compat() -> bool:
+    """Make ``np.in1d`` available for sgdml if this NumPy removed it (NumPy >= 2.4).
+
+    Installs ``np.in1d = np.isin`` only when ``np.in1d`` is missing. Idempotent: a second call
+    finds the alias and does nothing. Returns True if this call installed the alias.
+    """
+    if hasattr(np, "in1d"):
+        return False
+    np.in1d = np.isin  # type: ignore[attr-defined]
+    logger.debug("numpy %s has no in1d: aliased np.in1d to np.isin for sgdml", np.__version__)
+    return True
+
+
+def make_dataset(
+    z: np.ndarray,
+    R: np.ndarray,
+    E: np.ndarray,
+    F: np.ndarray,
+    *,
+    name: str,
+    theory: str = "unknown",
+    r_unit: str = SGDML_LENGTH_UNIT,
+    e_unit: str = SGDML_ENERGY_UNIT,
+) -> dict[str, np.ndarray]:
+    """An in-memory sgdml dataset: z (N,), R (M, N, 3), E (M,), F (M, N, 3) in ``e_unit``/``r_unit``.
+
+    Metadata are 0-d NumPy arrays like in sgdml's dataset files; ``md5`` is sgdml's own
+    fingerprint of (z, R, E, F).
+    """
+    from sgdml import __version__ as sgdml_version
+    from sgdml.utils.io import dataset_md5
+
+    R = np.ascontiguousarray(R, dtype=np.float64)
+    F = np.ascontiguousarray(F, dtype=np.float64)
+    E = np.ascontiguousarray(E, dtype=np.float64).reshape(-1)
+    z = np.ascontiguousarray(z, dtype=np.int64).reshape(-1)
+    if R.ndim != 3 or R.shape[1:] != (len(z), 3) or F.shape != R.shape or E.shape != (len(R),):
+        raise ValueError(
+            f"inconsistent dataset shapes: z {z.shape}, R {R.shape}, E {E.shape}, F {F.shape} "
+            "(expected z (N,), R (M, N, 3), E (M,), F (M, N, 3))"
+        )
+    dataset = {
+        "type": np.array("d"),
+        "code_version": np.array(sgdml_version),
+        "name": np.array(name),
+        "theory": np.array(theory),
+        "z": z,
+        "R": R,
+        "E": E,
+        "F": F,
+        "r_unit": np.array(r_unit),
+        "e_unit": np.array(e_unit),
+    }
+    dataset["md5"] = np.array(dataset_md5(dataset))
+    return dataset
+
+
+@functools.cache
+def _managed_trainer_class() -> type:
+    """GDMLTrain whose ``__del__`` leaves sgdml's module state alone (:func:`gdml_trainer` owns it)."""
+    from sgdml.train import GDMLTrain
+
+    class ManagedGDMLTrain(GDMLTrain):
+        def __del__(self) -> None:
+            # GDMLTrain.__del__ deletes sgdml.train.glob whenever the object is collected, which
+            # could be in the middle of a later trainer's fit (e.g. when a traceback that holds a
+            # failed trainer is freed); gdml_trainer removes the state deterministically instead.
+            pass
+
+    return ManagedGDMLTrain
+
+
+@contextmanager
+def gdml_trainer(max_processes: int = 1) -> Iterator[object]:
+    """A ``sgdml.train.GDMLTrain`` whose process-wide state is released on exit, also on error.
+
+    sgdml allows one live GDMLTrain per process (module-level ``sgdml.train.glob``, created in
+    ``__init__`` and deleted in ``__del__``). Here the state is removed when the block exits, so a
+    failed fit never blocks the next one, whatever still references the trainer.
+    ``max_processes=1`` keeps sgdml from forking worker pools (forking after torch/OpenMP threads
+    exist is unsafe, and on 2 cores pools do not pay off for ~50 training frames).
+    """
+    import sgdml.train
+
+    ensure_numpy_compat()
+    try:
+        trainer = _managed_trainer_class()(max_processes=max_processes)
+    except Exception as exc:  # sgdml raises a bare Exception for a second live instance
+        raise RuntimeError(
+            "sgdml refused to create a GDMLTrain: another GDMLTrain instance is alive in this process "
+            f"(sgdml allows one at a time); release it first ({exc})"
+        ) from exc
+    try:
+        yield trainer
+    finally:
+        vars(sgdml.train).pop("glob", None)
