@@ -18,9 +18,19 @@ PUBLIC_SOURCES = {
 }
 
 
+def _default_data_dirs() -> list[Path]:
+    # ../shared/data of the working directory (the project root), then of the source checkout
+    checkout = Path(__file__).resolve().parent.parent
+    return [Path("../shared/data"), checkout.parent / "shared" / "data"]
+
+
 def data_dir() -> Path:
-    """The reference-data root: ``$TTCALC_DATA`` or ``../shared/data``."""
-    return Path(os.environ.get("TTCALC_DATA", "../shared/data")).expanduser()
+    """The reference-data root: ``$TTCALC_DATA``, else ``../shared/data`` (from the working
+    directory, then from the source checkout)."""
+    if "TTCALC_DATA" in os.environ:
+        return Path(os.environ["TTCALC_DATA"]).expanduser()
+    candidates = _default_data_dirs()
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def dataset_path(*parts: str) -> Path:
@@ -28,8 +38,10 @@ def dataset_path(*parts: str) -> Path:
     path = data_dir().joinpath(*parts)
     if not path.exists():
         source = PUBLIC_SOURCES.get(parts[0], "see ../shared/data/README.md")
+        where = (str(path.resolve()) if "TTCALC_DATA" in os.environ else
+                 " and ".join(str(c.joinpath(*parts).resolve()) for c in _default_data_dirs()))
         raise FileNotFoundError(
-            f"ttcalc data not found: looked for {path.resolve()} "
+            f"ttcalc data not found: looked for {where} "
             f"(TTCALC_DATA={os.environ.get('TTCALC_DATA', '<unset, default ../shared/data>')}). "
             f"Set TTCALC_DATA to the folder that holds '{parts[0]}/', or download the public "
             f"original: {source}"
