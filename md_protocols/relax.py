@@ -1,0 +1,215 @@
+"""Geometry relaxation and the "extra reference steps" protocol.
+
+Extra steps (Kreiman & Krishnapriyan 2025, App. A.3.1): relax a structure with the MLIP, then continue
+from the MLIP minimum with the reference method and count the reference optimiser steps still needed to
+converge. A perfect MLIP needs zero extra steps. Reported: both step counts, each method's own energy at
+its own minimum, the reference energy at the MLIP minimum, and the RMSD between the two minima after
+optimal superposition (Kabsch).
+
+Reference calculators: :func:`xtb_reference` (GFN2-xTB, cheap default) and :func:`pyscf_calculator`
+(PySCF DFT, optional extra ``pip install ttcalc[dft]``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator, all_changes
+from ase.optimize import BFGS, FIRE, LBFGS
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "RelaxResult",
+    "ExtraStepsResult",
+    "relax",
+    "relax_extra_steps",
+    "kabsch_rmsd",
+    "xtb_reference",
+    "pyscf_calculator",
+    "PySCFCalculator",
+]
+
+OPTIMIZERS = {"BFGS": BFGS, "FIRE": FIRE, "LBFGS": LBFGS}
+
+
+@dataclass
+class RelaxResult:
+    """A relaxation: final structure (calculator attached), optimiser steps taken, convergence,
+    final energy (eV), final max atomic force norm (eV/Å) and the trajectory path (or None)."""
+
+    atoms: Atoms
+    n_steps: int
+    converged: bool
+    energy: float
+    fmax_final: float
+    trajectory: str | None = None
+
+
+@dataclass
+class ExtraStepsResult:
+    """Kreiman & Krishnapriyan A.3.1: MLIP relaxation followed by a reference relaxation from its minimum.
+
+    ``extra_steps`` is the number of reference optimiser steps after the MLIP minimum. ``mlip_energy``
+    and ``reference_energy`` are each calculator's own energy at its own minimum (eV);
+    ``reference_energy_at_mlip_minimum`` is the reference energy where the MLIP relaxation ended;
+    ``rmsd`` (Å) compares the two minima after Kabsch superposition.
+    """
+
+    mlip: RelaxResult
+    reference: RelaxResult
+    mlip_steps: int
+    extra_steps: int
+    mlip_energy: float
+    reference_energy: float
+    reference_energy_at_mlip_minimum: float
+    rmsd: float
+
+    @property
+    def converged(self) -> bool:
+        return self.mlip.converged and self.reference.converged
+
+
+def _max_force(atoms: Atoms) -> float:
+    return float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+
+
+def relax(
+    atoms: Atoms,
+    calc: Calculator,
+    fmax: float = 0.01,
+    optimizer: str = "BFGS",
+    steps: int = 1000,
+    trajectory: str | os.PathLike | None = None,
+) -> RelaxResult:
+    """Relax a copy of ``atoms`` with ``calc`` until every atomic force is below ``fmax`` eV/Å.
+
+    ``n_steps`` is the optimiser's step count (``get_number_of_steps()``): 0 when the input is already
+    converged. ``optimizer``: "BFGS", "FIRE" or "LBFGS" (ASE defaults otherwise).
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"relax: optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    if not fmax > 0 or steps < 0:
+        raise ValueError(f"relax: need fmax > 0 and steps >= 0, got fmax={fmax}, steps={steps}")
+    atoms = atoms.copy()
+    atoms.calc = calc
+    traj = None if trajectory is None else os.fspath(trajectory)
+    with OPTIMIZERS[optimizer](atoms, trajectory=traj, logfile=None) as opt:
+        converged = bool(opt.run(fmax=fmax, steps=steps))
+        n_steps = int(opt.get_number_of_steps())
+    return RelaxResult(
+        atoms=atoms,
+        n_steps=n_steps,
+        converged=converged,
+        energy=float(atoms.get_potential_energy()),
+        fmax_final=_max_force(atoms),
+        trajectory=traj,
+    )
+
+
+def kabsch_rmsd(positions_a: np.ndarray, positions_b: np.ndarray) -> float:
+    """RMSD (Å) between two conformations of the same atoms after optimal rotation + translation.
+
+    Kabsch: centre both, H = Aᵀ B, H = U S Vᵀ, R = V diag(1, 1, d) Uᵀ with d = sign det(V Uᵀ)
+    (no reflections); RMSD = sqrt(mean_i |R a_i - b_i|²).
+    """
+    a = np.asarray(positions_a, dtype=np.float64)
+    b = np.asarray(positions_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 3:
+        raise ValueError(f"kabsch_rmsd: need two (N, 3) arrays of equal shape, got {a.shape} and {b.shape}")
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    rot = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    diff = a @ rot.T - b
+    return float(np.sqrt((diff**2).sum(axis=1).mean()))
+
+
+def relax_extra_steps(
+    atoms: Atoms,
+    calc: Calculator,
+    reference_calc: Calculator,
+    fmax: float = 0.01,
+    optimizer: str = "BFGS",
+    steps: int = 1000,
+) -> ExtraStepsResult:
+    """Relax with ``calc`` (the MLIP), then with ``reference_calc`` from its minimum; count the extra steps."""
+    mlip = relax(atoms, calc, fmax=fmax, optimizer=optimizer, steps=steps)
+    if not mlip.converged:
+        logger.warning("relax_extra_steps: the MLIP relaxation did not converge in %d steps", steps)
+    reference = relax(mlip.atoms, reference_calc, fmax=fmax, optimizer=optimizer, steps=steps)
+    start = mlip.atoms.copy()
+    start.calc = reference_calc
+    return ExtraStepsResult(
+        mlip=mlip,
+        reference=reference,
+        mlip_steps=mlip.n_steps,
+        extra_steps=reference.n_steps,
+        mlip_energy=mlip.energy,
+        reference_energy=reference.energy,
+        reference_energy_at_mlip_minimum=float(start.get_potential_energy()),
+        rmsd=kabsch_rmsd(mlip.atoms.positions, reference.atoms.positions),
+    )
+
+
+def xtb_reference(method: str = "GFN2-xTB") -> Calculator:
+    """GFN2-xTB ASE calculator (xtb-python): the cheap default reference."""
+    try:
+        from xtb.ase.calculator import XTB
+    except ImportError as exc:
+        raise ImportError("xtb_reference needs xtb-python: `pip install xtb`") from exc
+    return XTB(method=method)
+
+
+class PySCFCalculator(Calculator):
+    """Kohn–Sham DFT with PySCF as an ASE calculator (energy in eV, forces in eV/Å).
+
+    Restricted KS for closed shells (``spin=0``, the number of unpaired electrons), unrestricted
+    otherwise. Raises ``RuntimeError`` if the SCF does not converge.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, xc: str = "PBE", basis: str = "def2-SVP", charge: int = 0, spin: int = 0,
+                 conv_tol: float = 1e-9, **kwargs):
+        super().__init__(**kwargs)
+        self.xc, self.basis, self.charge, self.spin, self.conv_tol = xc, basis, charge, spin, conv_tol
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        from pyscf import dft, gto
+
+        mol = gto.M(
+            atom=[(s, tuple(p)) for s, p in zip(self.atoms.get_chemical_symbols(), self.atoms.positions)],
+            basis=self.basis, unit="Angstrom", charge=self.charge, spin=self.spin, verbose=0,
+        )
+        mf = dft.RKS(mol) if self.spin == 0 else dft.UKS(mol)
+        mf.xc = self.xc
+        mf.conv_tol = self.conv_tol
+        energy = mf.kernel()
+        if not mf.converged:
+            raise RuntimeError(f"PySCF {self.xc}/{self.basis} SCF did not converge for {self.atoms.get_chemical_formula()}")
+        gradient = mf.nuc_grad_method().kernel()  # Hartree/Bohr
+        energy_ev = float(energy) * units.Hartree
+        self.results = {
+            "energy": energy_ev,
+            "free_energy": energy_ev,
+            "forces": -np.asarray(gradient) * units.Hartree / units.Bohr,
+        }
+
+
+def pyscf_calculator(xc: str = "PBE", basis: str = "def2-SVP", charge: int = 0, spin: int = 0) -> PySCFCalculator:
+    """A :class:`PySCFCalculator` (PBE/def2-SVP by default, the rMD17 level of theory).
+
+    Raises ``ImportError`` with the install hint if PySCF is missing.
+    """
+    try:
+        import pyscf  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("pyscf_calculator needs PySCF, an optional extra: `pip install ttcalc[dft]` "
+                          "(or `pip install pyscf`)") from exc
+    return PySCFCalculator(xc=xc, basis=basis, charge=charge, spin=spin)

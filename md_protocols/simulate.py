@@ -1,0 +1,370 @@
+"""Molecular dynamics with any ASE calculator: NVT (Langevin) or NVE (velocity Verlet).
+
+Conventions
+-----------
+* Friction. ASE's ``Langevin`` takes the friction in inverse ASE time units; one ASE time unit is
+  ``1 / ase.units.fs`` = 10.18 fs. :func:`run_md` takes ``friction_per_fs`` and passes
+  ``friction_per_fs / units.fs``. The bare ``friction=0.01`` found in published MD scripts therefore
+  means 0.01 per 10.18 fs = 9.8e-4 fs⁻¹ (0.98 ps⁻¹), about 10.2× weaker coupling than the intended
+  0.01 fs⁻¹ (10 ps⁻¹, ASE value 0.1018).
+* Initial velocities: Maxwell–Boltzmann at ``initial_temperature_K`` (default: the target), drawn from
+  a seeded generator. For non-periodic systems the centre-of-mass momentum and the rigid rotation are
+  then removed (``Stationary`` + ``ZeroRotation``, temperature preserved), so a molecule neither drifts
+  nor spins. The Langevin thermostat gets its own generator: both are children of
+  ``np.random.SeedSequence(seed)``. ``fixcm=False`` (ASE deprecates ``fixcm=True``, which biases small
+  systems); all observables here are translation-invariant, so the centre of mass may diffuse.
+* Frames are logged every ``log_interval`` steps, starting at step 0: frame k is at
+  ``k * log_interval * timestep_fs``. The trajectory file is ASE's ``.traj``; ASE's writer flushes the
+  file after every frame, so a crash loses at most the current interval.
+* Resume. Next to ``trajectory`` a sidecar ``<trajectory>.state.json`` (written atomically after each
+  frame) holds the step count, the thermostat generator's ``bit_generator.state`` and the run settings.
+  ``resume=True`` restarts from the last frame's positions + momenta and that generator state, so an
+  interrupted + resumed run reproduces the uninterrupted one exactly (for a deterministic calculator).
+  Resuming with other settings than the stored ones raises ``ValueError``; a longer ``time_ps``
+  extends a finished run. A run that ended "collapsed", "exploded" or "nonfinite" is not continued.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator
+from ase.io.trajectory import TrajectoryReader, TrajectoryWriter
+from ase.md.langevin import Langevin
+from ase.md.logger import MDLogger
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.verlet import VelocityVerlet
+from tqdm.auto import tqdm
+
+from md_protocols.checks import Check, CheckFailure, FiniteCheck, evaluate_check
+from md_protocols.report import to_jsonable, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MDResult", "run_md", "state_path", "STATUSES"]
+
+#: every status an :class:`MDResult` can have ("stopped": a plain user check returned False)
+STATUSES = ("finished", "collapsed", "exploded", "nonfinite", "error", "stopped")
+_TERMINAL = ("collapsed", "exploded", "nonfinite", "stopped")
+_STATE_VERSION = 1
+
+
+@dataclass
+class MDResult:
+    """What an MD run did. Arrays are per logged frame (every ``log_interval`` steps, from step 0).
+
+    ``time_ps`` is the simulated time reached: for a failing check, the time of the first failing
+    check; for a calculator error, the last completed step. ``energies`` has ``"potential"``,
+    ``"kinetic"`` and ``"total"`` (eV); ``temperatures`` in K (3N degrees of freedom, ASE's
+    ``get_temperature``); ``frames`` ``(T, N, 3)`` in Å (None if not kept).
+    """
+
+    status: str
+    time_ps: float
+    steps: int
+    n_atoms: int
+    trajectory: str | None
+    times_ps: np.ndarray
+    energies: dict[str, np.ndarray]
+    temperatures: np.ndarray
+    frames: np.ndarray | None = None
+    message: str = ""
+    seconds: float = 0.0
+    ensemble: str = "nvt"
+    temperature_K: float = 0.0
+    timestep_fs: float = 0.0
+    seed: int = 0
+    log_interval: int = 1
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def frame_interval_fs(self) -> float:
+        """Time between logged frames (fs)."""
+        return self.log_interval * self.timestep_fs
+
+    def to_dict(self, include_frames: bool = False) -> dict:
+        """JSON-able dict (frames only with ``include_frames``; non-finite numbers become None)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "frames"}
+        if include_frames:
+            out["frames"] = self.frames
+        return to_jsonable(out)
+
+
+def state_path(trajectory: str | os.PathLike) -> Path:
+    """The resume sidecar of a trajectory: ``<trajectory>.state.json``."""
+    return Path(os.fspath(trajectory) + ".state.json")
+
+
+class _Recorder:
+    """Per-frame arrays kept in memory and the trajectory/sidecar/log writers."""
+
+    def __init__(self, keep_frames: bool):
+        self.keep_frames = keep_frames
+        self.steps: list[int] = []
+        self.epot: list[float] = []
+        self.ekin: list[float] = []
+        self.temp: list[float] = []
+        self.frames: list[np.ndarray] = []
+
+    def add(self, step: int, atoms: Atoms, epot: float) -> None:
+        self.steps.append(step)
+        self.epot.append(float(epot))
+        self.ekin.append(float(atoms.get_kinetic_energy()))
+        self.temp.append(float(atoms.get_temperature()))
+        if self.keep_frames:
+            self.frames.append(atoms.positions.copy())
+
+
+def _settings(ensemble, temperature_K, timestep_fs, friction_per_fs, seed, log_interval, atoms) -> dict:
+    return {
+        "ensemble": ensemble,
+        "temperature_K": float(temperature_K),
+        "timestep_fs": float(timestep_fs),
+        "friction_per_fs": float(friction_per_fs) if ensemble == "nvt" else None,
+        "seed": int(seed),
+        "log_interval": int(log_interval),
+        "numbers": [int(z) for z in atoms.numbers],
+    }
+
+
+def _initial_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
+    if temperature_K <= 0:
+        atoms.set_momenta(np.zeros((len(atoms), 3)))
+        return
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    if not atoms.pbc.any() and len(atoms) > 1:
+        Stationary(atoms)
+        if len(atoms) > 2:
+            ZeroRotation(atoms)
+
+
+def _load_resume(path: Path, atoms: Atoms, settings: dict, recorder: _Recorder) -> dict:
+    """Restore positions/momenta from the trajectory and return the sidecar state."""
+    state = json.loads(state_path(path).read_text())
+    if state.get("version") != _STATE_VERSION:
+        raise ValueError(f"run_md: {state_path(path)} has an unknown state version {state.get('version')}")
+    stored = state["settings"]
+    diff = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+    if diff:
+        raise ValueError(f"run_md(resume=True): settings differ from the stored run (stored, given): {diff}")
+    n_frames = int(state["n_frames"])
+    reader = TrajectoryReader(str(path))
+    try:
+        n_file = len(reader)
+        if n_file < n_frames:
+            raise ValueError(f"run_md: {path} has {n_file} frames but its state says {n_frames}")
+        frames = [reader[i] for i in range(n_frames)]
+    finally:
+        reader.close()
+    if n_file > n_frames:
+        # a crash between the frame and the sidecar write: drop the frame the sidecar does not know
+        logger.warning("run_md: %s has %d frames, state has %d; truncating", path, n_file, n_frames)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+        with TrajectoryWriter(tmp, "w") as writer:
+            for frame in frames:
+                writer.write(frame)
+        os.replace(tmp, path)
+    interval = settings["log_interval"]
+    for k, frame in enumerate(frames):
+        epot = frame.calc.results.get("energy", np.nan) if frame.calc is not None else np.nan
+        recorder.add(k * interval, frame, epot)
+    last = frames[-1]
+    atoms.set_cell(last.cell)
+    atoms.set_positions(last.positions)
+    atoms.set_momenta(last.get_momenta())
+    return state
+
+
+def run_md(
+    atoms: Atoms,
+    calc: Calculator,
+    ensemble: str = "nvt",
+    temperature_K: float = 500.0,
+    timestep_fs: float = 0.5,
+    time_ps: float = 100.0,
+    friction_per_fs: float = 0.01,
+    seed: int = 0,
+    trajectory: str | os.PathLike | None = None,
+    log_interval: int = 10,
+    checks: Sequence[Check] = (),
+    check_interval: int | None = None,
+    progress: bool = True,
+    logfile: str | os.PathLike | None = None,
+    resume: bool = False,
+    keep_frames: bool = True,
+    initial_temperature_K: float | None = None,
+) -> MDResult:
+    """Run NVT Langevin or NVE velocity-Verlet MD on a copy of ``atoms`` with ``calc``.
+
+    ``checks`` are evaluated every ``check_interval`` steps (default ``log_interval``) after
+    :class:`FiniteCheck`, which runs after every step; the first failure stops the run (see
+    :mod:`md_protocols.checks`). A calculator exception stops it with status ``"error"`` and the
+    message. See the module docstring for friction units, seeding, trajectory and resume.
+    """
+    if ensemble not in ("nvt", "nve"):
+        raise ValueError(f"run_md: ensemble must be 'nvt' or 'nve', got {ensemble!r}")
+    if calc is None:
+        raise ValueError("run_md: a calculator is required")
+    if not timestep_fs > 0 or not time_ps >= 0:
+        raise ValueError(f"run_md: need timestep_fs > 0 and time_ps >= 0, got {timestep_fs}, {time_ps}")
+    if log_interval < 1 or (check_interval is not None and check_interval < 1):
+        raise ValueError("run_md: log_interval and check_interval must be >= 1")
+    if ensemble == "nvt" and not friction_per_fs > 0:
+        raise ValueError(f"run_md: NVT needs friction_per_fs > 0, got {friction_per_fs}")
+    if resume and trajectory is None:
+        raise ValueError("run_md: resume=True needs a trajectory path")
+    check_interval = log_interval if check_interval is None else check_interval
+    started = time.perf_counter()
+    n_total = int(round(time_ps * 1000.0 / timestep_fs))
+    dt = timestep_fs * units.fs
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    settings = _settings(ensemble, temperature_K, timestep_fs, friction_per_fs, seed, log_interval, atoms)
+    velocity_seed, thermostat_seed = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(thermostat_seed)
+    recorder = _Recorder(keep_frames)
+    path = None if trajectory is None else Path(trajectory)
+    # an empty file is what a run that failed before its first frame leaves: nothing to resume
+    resuming = resume and path.exists() and path.stat().st_size > 0
+    if resuming and not state_path(path).exists():
+        raise ValueError(f"run_md(resume=True): {path} exists but has no {state_path(path).name}; cannot resume")
+    if resume and not resuming:
+        logger.info("run_md: nothing to resume at %s; starting a new run", path)
+
+    start_step, stored_failure = 0, None
+    if resuming:
+        state = _load_resume(path, atoms, settings, recorder)
+        start_step = int(state["step"])
+        if start_step > n_total:
+            raise ValueError(f"run_md(resume=True): {path} is already at {start_step * timestep_fs / 1000:g} ps "
+                             f"> time_ps={time_ps:g}")
+        if state["rng_state"] is not None:
+            rng = np.random.Generator(getattr(np.random, state["rng_state"]["bit_generator"])())
+            rng.bit_generator.state = state["rng_state"]
+        if state["status"] in _TERMINAL:
+            stored_failure = (CheckFailure(state["status"], state["message"]), int(state["stop_step"]))
+    else:
+        if path is not None:
+            state_path(path).unlink(missing_ok=True)  # a stale sidecar must not describe the new file
+        initial = temperature_K if initial_temperature_K is None else initial_temperature_K
+        _initial_velocities(atoms, initial, np.random.default_rng(velocity_seed))
+
+    if ensemble == "nvt":
+        dyn = Langevin(atoms, timestep=dt, temperature_K=temperature_K,
+                       friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
+    else:
+        dyn = VelocityVerlet(atoms, timestep=dt)
+    dyn.nsteps = start_step
+
+    all_checks: list[Check] = [FiniteCheck(), *checks]
+    writer = TrajectoryWriter(str(path), "a" if resuming else "w") if path is not None else None
+    md_log = None
+    if logfile is not None:
+        md_log = MDLogger(dyn, atoms, os.fspath(logfile), header=not resuming, mode="a" if resuming else "w")
+    bar = tqdm(total=n_total, initial=min(start_step, n_total), disable=not progress, file=sys.stderr,
+               unit="step", desc=f"MD {ensemble} {temperature_K:g} K", leave=False)
+
+    def save_state(status: str, message: str = "", stop_step: int | None = None) -> None:
+        if path is None:
+            return
+        write_json_atomic(state_path(path), {
+            "version": _STATE_VERSION, "settings": settings, "status": status, "message": message,
+            "step": recorder.steps[-1], "n_frames": len(recorder.steps), "stop_step": stop_step,
+            "rng_state": rng.bit_generator.state if ensemble == "nvt" else None,
+        })
+
+    def log_frame(step: int, epot: float) -> None:
+        recorder.add(step, atoms, epot)
+        if writer is not None:
+            writer.write(atoms)
+        if md_log is not None:
+            md_log()
+        save_state("running")
+        bar.set_postfix(T=f"{recorder.temp[-1]:.0f} K", refresh=False)
+
+    def evaluate(step: int, epot: float) -> CheckFailure | None:
+        for i, check in enumerate(all_checks):
+            if i > 0 and step % check_interval:
+                break
+            failure = evaluate_check(check, atoms, epot)
+            if failure is not None:
+                return failure
+        return None
+
+    failure: CheckFailure | None = None
+    stop_step = start_step
+    try:
+        if stored_failure is not None:
+            failure, stop_step = stored_failure
+            logger.info("run_md: %s already ended with status %r; not continuing", path, failure.status)
+        else:
+            if not resuming:
+                try:
+                    epot = atoms.get_potential_energy()
+                except Exception as exc:  # any calculator failure ends the run, with its message
+                    failure = CheckFailure("error", f"{type(exc).__name__}: {exc}")
+                else:
+                    log_frame(0, epot)
+                    failure = evaluate(0, epot)
+            for step in range(start_step + 1, n_total + 1):
+                if failure is not None:
+                    break
+                try:
+                    dyn.step()
+                    dyn.nsteps = step
+                    epot = atoms.get_potential_energy()
+                except Exception as exc:
+                    failure = CheckFailure("error", f"{type(exc).__name__}: {exc}")
+                    break
+                stop_step = step
+                bar.update(1)
+                if step % log_interval == 0:
+                    log_frame(step, epot)
+                failure = evaluate(step, epot)
+            if failure is None:
+                stop_step = n_total
+            if recorder.steps:
+                save_state("finished" if failure is None else failure.status,
+                            "" if failure is None else failure.message, stop_step)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if md_log is not None:
+            md_log.close()
+
+    status = "finished" if failure is None else failure.status
+    if failure is not None:
+        logger.info("run_md stopped at step %d (%.4f ps): %s: %s", stop_step,
+                    stop_step * timestep_fs / 1000, failure.status, failure.message)
+    epot = np.asarray(recorder.epot)
+    ekin = np.asarray(recorder.ekin)
+    return MDResult(
+        status=status,
+        time_ps=stop_step * timestep_fs / 1000.0,
+        steps=stop_step,
+        n_atoms=len(atoms),
+        trajectory=None if path is None else str(path),
+        times_ps=np.asarray(recorder.steps, dtype=np.float64) * timestep_fs / 1000.0,
+        energies={"potential": epot, "kinetic": ekin, "total": epot + ekin},
+        temperatures=np.asarray(recorder.temp),
+        frames=np.stack(recorder.frames) if keep_frames and recorder.frames else None,
+        message="" if failure is None else failure.message,
+        seconds=time.perf_counter() - started,
+        ensemble=ensemble,
+        temperature_K=float(temperature_K),
+        timestep_fs=float(timestep_fs),
+        seed=int(seed),
+        log_interval=int(log_interval),
+    )
