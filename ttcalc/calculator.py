@@ -125,6 +125,7 @@ class TTTCalculator(Calculator):
 
     # --- ASE entry point ---------------------------------------------------------------------------
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes):
+        user_atoms = atoms  # ASE keeps a copy in self.atoms; info must reach the caller's object
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         self._validate(atoms)
@@ -138,10 +139,12 @@ class TTTCalculator(Calculator):
             _, f_prior = self.prior.energy_forces(atoms)
             diff = np.linalg.norm(self.results["forces"] - f_prior, axis=1)
             self.results["prior_force_disagreement"] = float(diff.mean())
-            atoms.info["prior_force_disagreement"] = float(diff.mean())
         if self.last_adaptation is not None:
             self.results["ttt_summary"] = self.last_adaptation.summary()
-            atoms.info["ttt_summary"] = self.last_adaptation.summary()
+        for target in (atoms, user_atoms):
+            for key in ("prior_force_disagreement", "ttt_summary"):
+                if target is not None and key in self.results:
+                    target.info[key] = self.results[key]
 
     # --- evaluation --------------------------------------------------------------------------------
     def _evaluate(self, atoms: Atoms, stress: bool = False) -> dict:

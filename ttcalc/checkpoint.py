@@ -104,7 +104,10 @@ def model_from_checkpoint(ckpt: dict, dtype=None, device="cpu", source: str = "c
         raise CheckpointError(f"{source}: incompatible model config: {exc}") from exc
     stats = TrainingStats.from_dict(ckpt["stats"])
     model = MultiHeadPotential(config, stats=stats, dtype=ckpt["dtype"])
-    result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    try:
+        result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{source}: weights do not match the config: {exc}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{source}: weights do not match the config (missing: {result.missing_keys[:5]}, "

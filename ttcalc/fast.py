@@ -84,7 +84,7 @@ class FastEvaluator:
 
         frames = [Atoms(numbers=self.numbers, positions=p) for p in positions.detach().cpu().double().numpy()]
         batch = collate(frames, self.model.cutoff, dtype=self.model.dtype, device=self.model.device)
-        ref = self.model(batch, heads=(self.head,))[self.head]
+        ref = {k: v.detach() for k, v in self.model(batch, heads=(self.head,))[self.head].items()}
         try:
             energy, _, forces = self(positions)
         except Exception as exc:  # compile errors surface here: fall back, never crash MD

@@ -18,6 +18,14 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+try:  # torchmd-net initialises NVIDIA Warp on import; keep its banner off stdout
+    import warp
+
+    if warp.config.log_level <= warp.LOG_INFO:
+        warp.config.log_level = warp.LOG_WARNING
+except ImportError:  # pragma: no cover - warp is optional for torchmd-net's pure-PyTorch path
+    pass
 from torchmdnet.models import tensornet as tn
 from torchmdnet.models.torchmd_et import TorchMD_ET
 from torchmdnet.models.utils import CosineCutoff
@@ -77,6 +85,8 @@ class Representation(nn.Module):
             raise ValueError(
                 f"unknown representation {config.model!r}; choose 'tensornet' or 'equivariant-transformer'"
             )
+        # torchmd-net builds some TensorNet linears without its dtype argument: convert everything
+        self.net.to(dtype)
         self._cutoff = float(config.cutoff)
 
     # --- cutoff (radius refinement) -------------------------------------------------------------
@@ -218,13 +228,15 @@ def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Te
     """
     B, N = z.shape
     F = net.hidden_channels
-    offdiag = ~torch.eye(N, dtype=torch.bool, device=pos.device)
-    pair = (mask[:, :, None] & mask[:, None, :]).to(pos.dtype)
+    pair_b = mask[:, :, None] & mask[:, None, :]
+    pair = pair_b.to(pos.dtype)
+    # real edges: distinct atoms, both real; self loops and padding pairs get r = 0, u = 0
+    edge = pair_b & ~torch.eye(N, dtype=torch.bool, device=pos.device)
     d = pos[:, None, :, :] - pos[:, :, None, :]  # d[b, i, j] = r_j - r_i
     r2 = (d * d).sum(-1)
-    # sqrt of 1 on the diagonal keeps the gradient finite; the diagonal distance is then zeroed
-    r = torch.sqrt(torch.where(offdiag, r2, torch.ones_like(r2))) * offdiag
-    u = d / torch.where(offdiag, r, torch.ones_like(r)).unsqueeze(-1)
+    # sqrt(1) where there is no edge keeps gradients finite (padding atoms may coincide)
+    r = torch.sqrt(torch.where(edge, r2, torch.ones_like(r2))) * edge
+    u = d * edge.unsqueeze(-1) / torch.where(edge, r, torch.ones_like(r)).unsqueeze(-1)
     edge_attr = net.distance_expansion(r)  # (B, N, N, R)
 
     emb = net.tensor_embedding

@@ -1,0 +1,49 @@
+"""Shared fixtures: real rMD17 frames and a small model trained on them with xTB labels."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from ttcalc.data import load_rmd17
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    # labels and fitted priors go to a throwaway cache unless the caller chose one
+    if "TTCALC_CACHE" not in os.environ:
+        os.environ["TTCALC_CACHE"] = str(tmp_path_factory.mktemp("ttcalc_cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def benzene_frames():
+    return load_rmd17("benzene", "train_01", n=96, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """A 32-channel, 1-layer TensorNet trained for a few epochs on 80 rMD17 benzene frames
+    (prior head on GFN2-xTB labels, then the main head on PBE labels), saved as a checkpoint."""
+    from ttcalc.model import ModelConfig
+    from ttcalc.representation import RepresentationConfig
+    from ttcalc.train import DataConfig, StageConfig, TrainConfig, train_model
+
+    out = tmp_path_factory.mktemp("model") / "tiny.pt"
+    cfg = TrainConfig(
+        regime="pretrain-freeze-finetune",
+        model=ModelConfig(RepresentationConfig(hidden_channels=32, num_layers=1, num_rbf=16)),
+        data=DataConfig(molecules=["benzene"], n_train=64, n_val=16),
+        pretrain=StageConfig(max_epochs=6, batch_size=16, lr=3e-3),
+        finetune=StageConfig(max_epochs=6, batch_size=16, lr=3e-3),
+        output=str(out),
+        spectrum_frames=64,
+    )
+    train_model(cfg, progress=False)
+    return out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,161 @@
+"""The ``ttcalc`` command line: train, eval, md, diagnose, bench and demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("ttcalc.cli")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("ttcalc").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def cmd_train(args) -> int:
+    from .train import load_config, train_model
+
+    cfg = load_config(args.config)
+    if args.output:
+        cfg.output = args.output
+    _, report = train_model(cfg, progress=not args.quiet)
+    print(json.dumps({k: report[k] for k in ("n_train", "n_val", "molecules", "stages", "timings")}, indent=2))
+    print(f"model written to {cfg.output}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import evaluate_frames, load_eval_frames
+
+    from . import load_model
+
+    model = load_model(args.model, dtype=args.dtype)
+    frames = load_eval_frames(args.data, split=args.split, n=args.n, seed=args.seed)
+    metrics = evaluate_frames(model, frames, head=args.head)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_md(args) -> int:
+    from ase.io import read
+
+    from md_protocols import run_md
+
+    from .calculator import TTTCalculator
+
+    atoms = read(args.structure)
+    calc = TTTCalculator(args.model, prior=args.prior, ttt=args.ttt, radius_refinement=args.rr,
+                         disagreement_every=0)
+    atoms.calc = calc
+    result = run_md(atoms, calc, ensemble=args.ensemble, temperature_K=args.temperature,
+                    timestep_fs=args.timestep, time_ps=args.time_ps, seed=args.seed,
+                    trajectory=args.trajectory, progress=not args.quiet)
+    print(json.dumps(result.to_dict() if hasattr(result, "to_dict") else str(result), indent=2, default=str))
+    return 0 if result.status == "finished" else 1
+
+
+def cmd_diagnose(args) -> int:
+    from ase.io import read
+
+    from . import load_model
+    from .priors import make_prior
+    from .shifts import diagnose, format_table
+
+    atoms = read(args.structure)
+    model = load_model(args.model) if args.model else __import__("ttcalc").load_pretrained()
+    report = diagnose(atoms, model, prior=make_prior(args.prior))
+    print(format_table(report))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(molecule=args.molecule, output=args.output, time_ps=args.time_ps,
+                    progress=not args.quiet)
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_md_benchmark
+
+    return run_md_benchmark(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ttcalc", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a multi-head potential from a TOML/YAML config")
+    t.add_argument("--config", required=True, help="training config (.toml/.yaml)")
+    t.add_argument("--output", help="override the output checkpoint path")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="energy/force errors of a model on labelled frames")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True, help="rMD17 molecule name, or an extxyz/db file")
+    e.add_argument("--split", default="test_01")
+    e.add_argument("--n", type=int, default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--head", default="main")
+    e.add_argument("--dtype", default="float32")
+    e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("md", help="run MD with TTTCalculator")
+    m.add_argument("structure")
+    m.add_argument("--model", default=None)
+    m.add_argument("--prior", default=None)
+    m.add_argument("--ttt", default="off", choices=["off", "auto", "always"])
+    m.add_argument("--rr", action="store_true", help="radius refinement")
+    m.add_argument("--ensemble", default="nvt", choices=["nvt", "nve"])
+    m.add_argument("--temperature", type=float, default=500.0)
+    m.add_argument("--timestep", type=float, default=0.5)
+    m.add_argument("--time-ps", type=float, default=1.0)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--trajectory", default=None)
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_md)
+
+    d = sub.add_parser("diagnose", help="distribution-shift diagnostics of a structure")
+    d.add_argument("structure")
+    d.add_argument("--model", default=None)
+    d.add_argument("--prior", default="xtb")
+    d.set_defaults(func=cmd_diagnose)
+
+    demo = sub.add_parser("demo", help="adapt the embedded model to a molecule and run a short MD")
+    demo.add_argument("--molecule", default=None, help="an .xyz file (default: naphthalene)")
+    demo.add_argument("--output", default="ttcalc_demo", help="folder for the report and plot")
+    demo.add_argument("--time-ps", type=float, default=2.0)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bm = bsub.add_parser("md", help="MD stability / h(r) / NVE benchmark on rMD17 molecules")
+    bm.add_argument("--model", default=None)
+    bm.add_argument("--molecules", nargs="+", default=["naphthalene", "toluene"])
+    bm.add_argument("--seeds", type=int, default=3)
+    bm.add_argument("--time-ps", type=float, default=100.0)
+    bm.add_argument("--ttt", action="store_true")
+    bm.add_argument("--rr", action="store_true")
+    bm.add_argument("--prior", default="xtb")
+    bm.add_argument("--ensembles", nargs="+", default=["nvt", "nve"])
+    bm.add_argument("--processes", type=int, default=2)
+    bm.add_argument("--output", default="bench_md")
+    bm.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
