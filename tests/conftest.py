@@ -1,17 +1,23 @@
 """Shared fixtures: real rMD17 frames and a small model trained on them with xTB labels."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ttcalc.data import load_rmd17
 
+# the caller's cache (CI sets a fresh one per run); read before the fixture below replaces it
+_MODEL_CACHE = Path(os.environ.get("TTCALC_CACHE", Path.home() / ".cache" / "ttcalc")) / "test-models"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
-    # labels and fitted priors go to a throwaway cache unless the caller chose one
+    # labels and fitted priors go to a throwaway cache unless the caller chose one (CI does)
     if "TTCALC_CACHE" not in os.environ:
         os.environ["TTCALC_CACHE"] = str(tmp_path_factory.mktemp("ttcalc_cache"))
     yield
@@ -30,17 +36,21 @@ def tiny_model_path(tmp_path_factory):
     from ttcalc.representation import RepresentationConfig
     from ttcalc.train import DataConfig, StageConfig, TrainConfig, train_model
 
-    out = tmp_path_factory.mktemp("model") / "tiny.pt"
     cfg = TrainConfig(
         regime="pretrain-freeze-finetune",
         model=ModelConfig(RepresentationConfig(hidden_channels=32, num_layers=1, num_rbf=16)),
         data=DataConfig(molecules=["benzene"], n_train=64, n_val=16),
         pretrain=StageConfig(max_epochs=6, batch_size=16, lr=3e-3),
         finetune=StageConfig(max_epochs=6, batch_size=16, lr=3e-3),
-        output=str(out),
         spectrum_frames=64,
     )
-    train_model(cfg, progress=False)
+    # reuse the checkpoint across pytest runs that share a cache (CI starts with a fresh one)
+    key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    _MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    out = _MODEL_CACHE / f"tiny-{key}.pt"
+    if not out.exists():
+        cfg.output = str(out)
+        train_model(cfg, progress=False)
     return out
 
 

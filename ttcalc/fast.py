@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -56,7 +57,10 @@ class FastEvaluator:
         from torch._inductor.compile_fx import compile_fx
 
         self.n_compiles += 1
-        return compile_fx(gm, example_inputs)
+        with warnings.catch_warnings():
+            # inductor's own deprecation noise, once per lowering; nothing a user can act on
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")
+            return compile_fx(gm, example_inputs)
 
     def _per_atom_energy(self, pos: Tensor) -> Tensor:
         x = tensornet_features_dense(self.model.representation.net, self._z, pos, self._mask)

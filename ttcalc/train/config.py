@@ -94,8 +94,6 @@ class TrainConfig:
         if out.regime not in ("pretrain-freeze-finetune", "joint", "supervised"):
             raise ValueError(f"unknown regime {out.regime!r}; use pretrain-freeze-finetune, joint "
                              f"or supervised")
-        if out.regime == "supervised":
-            out.model.heads = ("main",)
         return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -146,7 +146,11 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
         ds.train_prior = label_frames(train, priors, progress)
         ds.val_prior = label_frames(val, priors, progress)
         timings["prior_labelling_s"] = time.perf_counter() - t
-    model = MultiHeadPotential(cfg.model, dtype=cfg.dtype).to(cfg.device)
+    model_cfg = cfg.model
+    if cfg.regime == "supervised" and "prior" in model_cfg.heads:
+        # the no-prior baseline has no prior head to carry around
+        model_cfg = replace(model_cfg, heads=tuple(h for h in model_cfg.heads if h != "prior"))
+    model = MultiHeadPotential(model_cfg, dtype=cfg.dtype).to(cfg.device)
     install_head_statistics(model, "main", train)
     if ds.train_prior is not None:
         install_head_statistics(model, "prior", ds.train_prior)
