@@ -65,6 +65,19 @@ class TTTConfig:
     stop_at_id_loss: bool = True
     divergence_factor: float = 10.0
 
+    def __post_init__(self):
+        # fail before the frames (prior MD, labels) are paid for, not after
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adam'")
+        if self.frames not in ("md", "rattle", "normal_modes"):
+            raise ValueError(f"unknown frame source {self.frames!r}; use 'md', 'rattle' or 'normal_modes'")
+        if self.n_frames < 2:
+            raise ValueError(f"n_frames must be at least 2 (train and validation), got {self.n_frames}")
+        if self.max_steps < 0 or self.eval_every < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError("max_steps must be >= 0 and eval_every, patience, batch_size >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
     @classmethod
     def coerce(cls, value) -> "TTTConfig":
         if value is None:
@@ -85,7 +98,12 @@ class TTTConfig:
 
 @dataclass
 class AdaptationReport:
-    """What one test-time training run did."""
+    """What one test-time training run did.
+
+    ``steps`` counts optimizer updates; ``prior_loss_*`` and ``force_disagreement_*`` (mean per-atom
+    |F_main − F_prior| in eV/Å) are measured on the held-out TTT validation frames; ``prior_loss_end``
+    is that of the weights kept (the best validated ones, or the start weights after a roll-back).
+    """
 
     steps: int
     seconds: float
@@ -158,21 +176,24 @@ def prior_md_frames(atoms: Atoms, prior, n_frames: int, temperature_K: float = 5
                     timestep_fs: float = 0.5, interval: int = 10, friction_per_fs: float = 0.01,
                     seed: int = 0) -> list[Atoms]:
     """Frames from Langevin MD with the prior, one every ``interval`` steps."""
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
     a = atoms.copy()
+    a.set_constraint(FixCom())  # ASE's replacement for Langevin(fixcm=True), deprecated since 3.28
     a.calc = prior.as_calculator()
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(a, temperature_K=temperature_K, rng=rng)
     Stationary(a)
     dyn = Langevin(a, timestep_fs * units.fs, temperature_K=temperature_K,
-                   friction=friction_per_fs / units.fs, rng=rng)
+                   friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
     frames = []
     for _ in range(n_frames):
         dyn.run(interval)
         f = a.copy()
         f.calc = None
+        f.set_constraint(atoms.constraints)  # hand back the caller's constraints, not our FixCom
         frames.append(f)
     return frames
 
@@ -234,9 +255,7 @@ def make_frames(atoms_or_frames, prior, cfg: TTTConfig) -> tuple[list[Atoms], st
                                    cfg.md_interval, cfg.md_friction_per_fs, cfg.seed), "prior-md"
         if cfg.frames == "rattle":
             return rattled_frames(atoms, cfg.n_frames, cfg.rattle_stdev, cfg.seed), "rattle"
-        if cfg.frames == "normal_modes":
-            return normal_mode_frames(atoms, prior, cfg.n_frames, cfg.temperature_K, cfg.seed), "normal-modes"
-        raise ValueError(f"unknown frame source {cfg.frames!r}; use 'md', 'rattle' or 'normal_modes'")
+        return normal_mode_frames(atoms, prior, cfg.n_frames, cfg.temperature_K, cfg.seed), "normal-modes"
     frames = list(atoms_or_frames)
     if len(frames) < 2:
         raise ValueError("give one Atoms (frames are generated) or at least two frames")
@@ -248,6 +267,7 @@ def make_frames(atoms_or_frames, prior, cfg: TTTConfig) -> tuple[list[Atoms], st
 
 # --- the adaptation loop ------------------------------------------------------------------------------
 def _loss(model, batch, weights: LossWeights, create_graph: bool):
+    """Prior-head loss L_P (:func:`ttcalc.losses.energy_force_loss`) of a labelled batch."""
     pred = model(batch, heads=("prior",), create_graph=create_graph)["prior"]
     return energy_force_loss(pred, batch.energy, batch.forces, batch.n_atoms, weights)
 
@@ -265,7 +285,11 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
     cfg = calc.ttt_config.updated(**overrides) if overrides else calc.ttt_config
     model: MultiHeadPotential = calc.model
     state: AdaptationState = calc.adaptation
-    first = atoms_or_frames if isinstance(atoms_or_frames, Atoms) else list(atoms_or_frames)[0]
+    if not isinstance(atoms_or_frames, Atoms):
+        atoms_or_frames = list(atoms_or_frames)  # once: a generator must not be consumed twice
+        if len(atoms_or_frames) < 2:
+            raise ValueError("give one Atoms (frames are generated) or at least two frames")
+    first = atoms_or_frames if isinstance(atoms_or_frames, Atoms) else atoms_or_frames[0]
     key = system_key(first)
     t0 = time.perf_counter()
     if key in state.cache and not force:
@@ -273,9 +297,9 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
         old = state.reports[key]
         return replace(old, cached=True, seconds=time.perf_counter() - t0)
 
-    state.restore()  # always adapt from the pre-TTT weights, never on top of another system's
-    frames, source = make_frames(atoms_or_frames, calc.prior, cfg)
+    frames, source = make_frames(atoms_or_frames, calc.prior, cfg)  # bad frames raise before any change
     labelled = label_with_prior(frames, calc.prior)
+    state.restore()  # always adapt from the pre-TTT weights, never on top of another system's
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(labelled))
     n_val = max(1, int(round(cfg.val_fraction * len(labelled))))
@@ -291,22 +315,28 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
     model.set_trainable("adaptable")
     try:
         def val_loss() -> float:
-            return float(_loss(model, val_batch, weights, create_graph=False)[0])
+            return float(_loss(model, val_batch, weights, create_graph=False)[0].detach())
 
         start = val_loss()
         disagreement_before = _mean_disagreement(model, val_batch)
         if cfg.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'")
+            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         target = model.stats.prior_loss if cfg.stop_at_id_loss else None
-        best, best_state, stale = start, snapshot(model, names), 0
+        # best: the lowest validated loss and its weights (restored at the end); ref: the loss that
+        # counts as progress for patience (must improve by min_rel_improvement)
+        best, best_state, ref, stale = start, snapshot(model, names), start, 0
         curve, val_curve = [], [(0, start)]
-        reason, step = f"max_steps ({cfg.max_steps})", 0
+        reason, n_updates = f"max_steps ({cfg.max_steps})", 0
+        if not math.isfinite(start):
+            raise FloatingPointError(f"the prior loss of the unadapted model is {start}; cannot adapt")
         n_train = int(train_batch.n_structures)
-        for step in range(1, cfg.max_steps + 1):
+        # already at the in-distribution loss: training further would only overfit the prior
+        steps = range(1, cfg.max_steps + 1) if target is None or start > target else range(0)
+        if target is not None and start <= target:
+            reason = f"reached the in-distribution prior loss ({target:.4g}) before any step"
+        for step in steps:
             idx = rng.choice(n_train, size=min(cfg.batch_size, n_train), replace=False)
             batch = collate([train[i] for i in idx], model.cutoff, dtype=dtype, device=device, labels=True)
             opt.zero_grad(set_to_none=True)
@@ -317,6 +347,7 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            n_updates = step
             curve.append(float(loss.detach()))
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 v = val_loss()
@@ -324,8 +355,10 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
                 if not math.isfinite(v) or v > cfg.divergence_factor * start:
                     reason = "diverged: rolled back"
                     break
-                if v < best * (1 - cfg.min_rel_improvement):
-                    best, best_state, stale = v, snapshot(model, names), 0
+                if v < best:
+                    best, best_state = v, snapshot(model, names)
+                if v < ref * (1 - cfg.min_rel_improvement):
+                    ref, stale = v, 0
                 else:
                     stale += 1
                 if target is not None and v <= target:
@@ -344,7 +377,7 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
         model.requires_grad_(False)
     state.cache[key] = snapshot(model, names)
     report = AdaptationReport(
-        steps=step, seconds=time.perf_counter() - t0, prior_loss_start=start, prior_loss_end=end,
+        steps=n_updates, seconds=time.perf_counter() - t0, prior_loss_start=start, prior_loss_end=end,
         stop_reason=reason, parameters=names, n_parameters=int(sum(p.numel() for p in params)),
         force_disagreement_before=disagreement_before, force_disagreement_after=disagreement_after,
         n_frames=len(labelled), frame_source=source, system=key, loss_curve=curve,
@@ -352,5 +385,5 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
     )
     state.reports[key] = report
     log.info("TTT on %s: %d steps, prior loss %.4g -> %.4g (%s) in %.1f s", first.get_chemical_formula(),
-             step, start, end, reason, report.seconds)
+             n_updates, start, end, reason, report.seconds)
     return report

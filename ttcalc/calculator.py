@@ -25,7 +25,6 @@ from .fast import FastEvaluator
 from .graph import DENSE_MAX_ATOMS
 from .model import MultiHeadPotential, resolve_dtype
 from .priors.base import Prior
-from .system import system_key
 
 log = logging.getLogger(__name__)
 
@@ -229,18 +228,26 @@ class TTTCalculator(Calculator):
 
     # --- adaptation hooks ----------------------------------------------------------------------------
     def _prepare_system(self, atoms: Atoms) -> None:
-        """Adapt once per new system (radius refinement, then TTT), never mid-trajectory."""
+        """Adapt once per new system (radius refinement, then TTT), never mid-trajectory.
+
+        A new system is a change of the atomic numbers (in order) or of the periodicity since the
+        last preparation; moving atoms is not, even when a bond stretches past the covalent-radius
+        criterion of :func:`~ttcalc.system.system_key` (C–H bonds cross it at 300–500 K), which would
+        otherwise re-adapt and change the potential in the middle of an MD run.
+        """
         p = self.parameters
         if p.ttt == "off" and not p.radius_refinement:
             return
-        key = system_key(atoms)
-        if key == self._system:
+        identity = (tuple(int(z) for z in atoms.numbers), tuple(bool(b) for b in atoms.pbc))
+        if identity == self._system:
             return
-        self._system = key
+        current = self.atoms  # refine_radius/adapt call reset(), which drops ASE's copy of the atoms
         if p.radius_refinement:
             self.refine_radius(atoms)
         if p.ttt != "off":
             self.adapt(atoms, force=(p.ttt == "always"))
+        self.atoms = current
+        self._system = identity  # only once preparation succeeded: a failure is retried next call
 
     def refine_radius(self, atoms: Atoms, radii: Sequence[float] | None = None) -> float:
         """Choose and apply the cutoff whose Laplacian spectrum best matches training (eq. 5)."""
@@ -250,7 +257,8 @@ class TTTCalculator(Calculator):
             raise ValueError("this model's checkpoint stores no training spectrum; "
                              "radius refinement is unavailable")
         spectrum = TrainingSpectrum.from_dict(self.model.stats.spectrum)
-        radius, scan = refine_radius(atoms, spectrum, radii=radii or self.parameters.radii)
+        radius, scan = refine_radius(atoms, spectrum,
+                                     radii=self.parameters.radii if radii is None else radii)
         self.last_radius_scan = scan
         if radius != self.model.cutoff:
             log.info("radius refinement: cutoff %.3f -> %.3f Å", self.model.cutoff, radius)
