@@ -71,3 +71,15 @@ def test_config_file_roundtrip_and_errors(tmp_path):
         load_config(toml)
     with pytest.raises(ValueError, match=".toml, .yaml"):
         load_config(tmp_path / "c.json")
+
+
+def test_size_bucketed_batches_cover_every_frame_once_without_mixing_sizes():
+    import numpy as np
+
+    from ttcalc.train.trainer import size_bucketed_batches
+
+    sizes = np.array([12] * 37 + [21] * 20 + [15] * 5)
+    batches = size_bucketed_batches(sizes, 8, np.random.default_rng(0))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(sizes)))
+    assert all(len(set(sizes[b])) == 1 and len(b) <= 8 for b in batches)

@@ -82,9 +82,9 @@ def build_prior(spec: str, molecule: str, folder: Path) -> tuple[str, object]:
 
 def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
     """Run the benchmark; writes ``results.json``, ``results.md`` and plots to ``cfg.output``."""
-    from md_protocols import (BondCollapseCheck, MDJob, bonds_stability, hr, hr_mae, nve_drift,
-                              run_md_parallel, stability_summary)
-    from md_protocols.report import write_results
+    from md_protocols import (BondCollapseCheck, MDJob, bond_lengths, bonds_from_atoms, bonds_stability, hr,
+                              hr_mae, max_bond_deviation, nve_drift, run_md_parallel, stability_summary)
+    from md_protocols.plots import plot_bond_deviation, plot_hr
 
     from .calculator import TTTCalculator
     from .data import load_rmd17, rmd17_arrays
@@ -134,6 +134,10 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
                     jobs.append(MDJob(start, spec, kwargs))
                     labels.append((name, ensemble, seed))
         md_results = run_md_parallel(jobs, processes=cfg.processes)
+        curves: dict[str, list[np.ndarray]] = {}
+        deviations: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        bonds = bonds_from_atoms(start)
+        ref_mean = bond_lengths(ref_pos, bonds).mean(axis=0)
         for (name, ensemble, seed), res in zip(labels, md_results):
             v = mol_res["variants"].setdefault(name, {})
             runs = v.setdefault(ensemble, {"runs": []})
@@ -143,7 +147,13 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
                 frames = np.asarray(res.frames)
                 entry["stable_ps"] = bonds_stability(frames, ref_pos, numbers=start.numbers,
                                                      frame_interval_fs=res.frame_interval_fs)
-                entry["hr_mae"] = hr_mae(hr(frames)[1], h_ref, r)
+                h = hr(frames)[1]
+                entry["hr_mae"] = hr_mae(h, h_ref, r)
+                if ensemble == "nvt":
+                    curves.setdefault(name, []).append(h)
+                    if seed == 0:
+                        times = np.arange(len(frames)) * res.frame_interval_fs / 1000.0
+                        deviations[name] = (times, max_bond_deviation(frames, bonds, ref_mean))
                 if ensemble == "nve":
                     entry["drift"] = nve_drift(res)
             else:
@@ -157,6 +167,12 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
                                                                  full_time_ps=cfg.time_ps)
                     maes = [e["hr_mae"] for e in runs if "hr_mae" in e]
                     v[ensemble]["hr_mae"] = float(np.mean(maes)) if maes else None
+        if curves:
+            plot_hr(r, {k: np.mean(v, axis=0) for k, v in curves.items()}, h_ref, out / f"{mol}_hr.png",
+                    title=f"{mol}: h(r), NVT 500 K, against rMD17")
+        if deviations:
+            plot_bond_deviation({k: t for k, (t, _) in deviations.items()},
+                                {k: d for k, (_, d) in deviations.items()}, 0.5, out / f"{mol}_bonds.png")
         mol_res["seconds"] = time.perf_counter() - t_mol
         results["molecules"][mol] = mol_res
         _write(out, results)

@@ -79,8 +79,9 @@ def run_demo(molecule: str | None = None, output: str = "ttcalc_demo", time_ps: 
     # a relaxed start keeps the 500 K dynamics physical for any user geometry
     from md_protocols import relax
 
+    # diagnose the geometry as given: a relaxed one has near-zero forces by construction
+    report = diagnose(atoms, model, prior=prior)
     relaxed = relax(atoms, prior.as_calculator(), fmax=0.05, steps=200).atoms
-    report = diagnose(relaxed, model, prior=prior)
     print("Distribution-shift diagnostics (Kreiman & Krishnapriyan 2025, sec. 3.2):")
     print(format_table(report) + "\n")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmdnet.models.utils import act_class_mapping
+from .tmdnet import act_class_mapping
 
 
 class EnergyHead(nn.Module):

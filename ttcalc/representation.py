@@ -19,17 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-try:  # torchmd-net initialises NVIDIA Warp on import; keep its banner off stdout
-    import warp
-
-    if warp.config.log_level <= warp.LOG_INFO:
-        warp.config.log_level = warp.LOG_WARNING
-except ImportError:  # pragma: no cover - warp is optional for torchmd-net's pure-PyTorch path
-    pass
-from torchmdnet.models import tensornet as tn
-from torchmdnet.models.torchmd_et import TorchMD_ET
-from torchmdnet.models.utils import CosineCutoff
-
+from .tmdnet import CosineCutoff, TorchMD_ET
+from .tmdnet import tensornet as tn
 from .graph import Graph
 
 

@@ -156,7 +156,9 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
         install_head_statistics(model, "prior", ds.train_prior)
     main_t, main_v = Targets.from_frames(train), Targets.from_frames(val)
     stages = {}
-    common = dict(log_path=log_path, seed=cfg.seed, progress=progress)
+    # every improvement is saved (atomically) as it happens, so a crash loses at most one epoch
+    common = dict(log_path=log_path, checkpoint_path=out_path.with_suffix(".partial.pt"), seed=cfg.seed,
+                  progress=progress)
     if cfg.regime == "pretrain-freeze-finetune":
         prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
         stages["pretrain"] = train_stage(model, train, {"prior": prior_t}, val, {"prior": prior_v},
@@ -182,5 +184,6 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
         "timings": timings,
     }
     model.save(out_path, metadata={"train_config": cfg.to_dict(), "report": report})
+    out_path.with_suffix(".partial.pt").unlink(missing_ok=True)
     log.info("saved %s (%.1f s)", out_path, timings["total_s"])
     return model, report
