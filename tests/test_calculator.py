@@ -182,3 +182,21 @@ def test_compiled_path_matches_eager_and_compiles_once_per_system(tiny_model_pat
     f_fast, f_eager = fast.get_forces(frames[1]), eager.get_forces(frames[1])
     assert np.abs(f_fast - f_eager).max() <= 1e-4 * np.abs(f_eager).max()
     assert ev.n_compiles == 2
+
+
+def test_stress_for_periodic_cells_matches_ase_numerical_stress(tmp_path):
+    from ase.build import bulk
+
+    from ttcalc.model import ModelConfig, MultiHeadPotential
+    from ttcalc.representation import RepresentationConfig
+
+    torch.manual_seed(0)
+    model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=8, num_layers=1, num_rbf=8,
+                                                                cutoff=4.0)), dtype="float64")
+    calc = TTTCalculator(model, dtype="float64", disagreement_every=0)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = calc
+    stress = atoms.get_stress()
+    numeric = calc.calculate_numerical_stress(atoms, d=1e-5)
+    np.testing.assert_allclose(stress, numeric, atol=1e-7)

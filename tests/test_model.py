@@ -136,3 +136,27 @@ def test_bad_checkpoints_give_clear_errors(model64, tmp_path):
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="weights do not match"):
         MultiHeadPotential.load(tmp_path / "bad.pt")
+
+
+def test_equivariant_transformer_option_is_conservative_and_invariant(tmp_path):
+    torch.manual_seed(0)
+    m = MultiHeadPotential(ModelConfig(RepresentationConfig(model="equivariant-transformer", hidden_channels=16,
+                                                            num_layers=1, num_rbf=8, num_heads=2)),
+                           dtype="float64")
+    atoms = load_rmd17("benzene", "test_01", n=1)[0]
+    e0, f0 = _energy_forces(m, atoms)
+    h = 1e-5
+    a = atoms.copy()
+    a.positions[2, 1] += h
+    ep, _ = _energy_forces(m, a)
+    a.positions[2, 1] -= 2 * h
+    em, _ = _energy_forces(m, a)
+    assert -(ep - em) / (2 * h) == pytest.approx(f0[2, 1], abs=1e-6)
+    R = Rotation.random(random_state=1).as_matrix()
+    rot = atoms.copy()
+    rot.positions = atoms.positions @ R.T
+    e1, f1 = _energy_forces(m, rot)
+    assert e1 == pytest.approx(e0, abs=1e-9)
+    np.testing.assert_allclose(f1, f0 @ R.T, atol=1e-8)
+    loaded = MultiHeadPotential.load(m.save(tmp_path / "et.pt"))
+    assert _energy_forces(loaded, atoms)[0] == e0

@@ -163,7 +163,7 @@ class TTTCalculator(Calculator):
                "forces": out["forces"].detach().to(torch.float64).cpu().numpy(),
                "energies": out["energies"].detach().to(torch.float64).cpu().numpy()}
         if stress:
-            from ase.constraints import full_3x3_to_voigt_6_stress
+            from ase.stress import full_3x3_to_voigt_6_stress
 
             res["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().double().cpu().numpy())
         return res

@@ -295,23 +295,22 @@ def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Te
 class _GivenGraph(nn.Module):
     """Stands in for torchmd-net's distance module so the ET runs on our graph."""
 
-    def __init__(self):
+    def __init__(self, edges: tuple[Tensor, Tensor, Tensor]):
         super().__init__()
-        self.edges: tuple[Tensor, Tensor, Tensor] | None = None
+        self.edges = edges
 
     def forward(self, pos, batch, box=None):
-        assert self.edges is not None
         return self.edges
 
 
 def _et_features(net: TorchMD_ET, z, edge_index, edge_vec, edge_weight, batch) -> Tensor:
     """Equivariant Transformer (Thölke & De Fabritiis, ICLR 2022) features on a given graph."""
-    if not isinstance(net.distance, _GivenGraph):
-        net.distance = _GivenGraph()
-    # ET normalises edge_vec in place; hand it a copy
-    net.distance.edges = (edge_index, edge_weight, edge_vec.clone())
+    # swap the distance module only for this call, so the state dict keeps torchmd-net's layout;
+    # ET normalises edge_vec in place, so it gets a copy
+    own = net.distance
+    net.distance = _GivenGraph((edge_index, edge_weight, edge_vec.clone()))
     try:
         x, _vec, *_ = net(z, edge_vec.new_zeros((z.shape[0], 3)), batch)
     finally:
-        net.distance.edges = None
+        net.distance = own
     return x
