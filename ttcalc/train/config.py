@@ -107,6 +107,8 @@ def _check_keys(cls, d: dict, where: str) -> None:
 def load_config(path: str | Path) -> TrainConfig:
     """Read a :class:`TrainConfig` from a ``.toml``, ``.yaml`` or ``.yml`` file."""
     path = Path(path)
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"config must be .toml, .yaml or .yml, got {path.name}")
     text = path.read_text()
     if path.suffix == ".toml":
         import tomllib
@@ -116,6 +118,4 @@ def load_config(path: str | Path) -> TrainConfig:
         import yaml
 
         raw = yaml.safe_load(text) or {}
-    else:
-        raise ValueError(f"config must be .toml, .yaml or .yml, got {path.name}")
     return TrainConfig.from_dict(raw)
