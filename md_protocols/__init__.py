@@ -1,6 +1,7 @@
 """MD evaluation protocols for any ASE calculator.
 
 - :func:`run_md` / :func:`run_md_parallel`: NVT Langevin or NVE MD with early-stop checks and exact resume.
+- :func:`run_batched_md`: N replicas of one molecule with one model call per step (ttcalc models).
 - Stability (Fu et al., "Forces are not enough", TMLR 2023): :func:`bonds_stability` and helpers.
 - h(r) (Fu et al. eq. 13-14): :func:`hr`, :func:`hr_mae`.
 - NVE energy conservation: :func:`nve_drift`.
@@ -8,8 +9,9 @@
 - PES along Hessian directions: :mod:`md_protocols.pes`; reports: :mod:`md_protocols.report`;
   figures: :mod:`md_protocols.plots`.
 
-Nothing here depends on ttcalc's models.
+Everything but :func:`run_batched_md` works with any ASE calculator and needs no ttcalc model.
 """
+from md_protocols.batched import run_batched_md
 from md_protocols.checks import BondCollapseCheck, CheckFailure, ExplosionCheck, FiniteCheck
 from md_protocols.conservation import nve_drift
 from md_protocols.observables import hr, hr_mae, hr_reference_from_dataset
@@ -36,6 +38,7 @@ from md_protocols.stability import (
 
 __all__ = [
     "run_md",
+    "run_batched_md",
     "MDResult",
     "run_md_parallel",
     "MDJob",
