@@ -62,6 +62,7 @@ class BenchConfig:
     output: str = "bench_md"
     n_test: int = 200
     log_interval: int = 20
+    pes: bool = True
     ttt_overrides: dict = field(default_factory=dict)
 
 
@@ -84,7 +85,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
     """Run the benchmark; writes ``results.json``, ``results.md`` and plots to ``cfg.output``."""
     from md_protocols import (BondCollapseCheck, MDJob, bond_lengths, bonds_from_atoms, bonds_stability, hr,
                               hr_mae, max_bond_deviation, nve_drift, run_md_parallel, stability_summary)
-    from md_protocols.plots import plot_bond_deviation, plot_hr
+    from md_protocols import pes_along_hessian, relax
+    from md_protocols.plots import plot_bond_deviation, plot_hr, plot_pes
 
     from .calculator import TTTCalculator
     from .data import load_rmd17, rmd17_arrays
@@ -113,6 +115,12 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
             radius = calc.refine_radius(start)
             variants["mlip+rr"] = CalcSpec("mlip", model=model_name, cutoff=radius)
             mol_res["variants"]["mlip+rr"] = {"errors": evaluate_calculator(calc, test), "cutoff": radius}
+        # PES along the prior's two softest Hessian modes at the prior's minimum (paper Fig. 4b)
+        relaxed = relax(start, prior.as_calculator(), fmax=0.01, steps=500).atoms
+        pes = {}
+        if cfg.pes:
+            pes["mlip"] = pes_along_hessian(relaxed, calc, n_grid=15, reference_calc=prior.as_calculator(),
+                                            hessian_calc=prior.as_calculator())
         if cfg.ttt:
             report = calc.adapt(start, **cfg.ttt_overrides)
             mol_res["ttt"] = report.summary()
@@ -121,6 +129,14 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
             calc.model.save(path, metadata={"adapted_for": mol, "ttt": report.summary()})
             variants[key] = CalcSpec("mlip", model=str(path), cutoff=calc.cutoff if cfg.rr else None)
             mol_res["variants"][key] = {"errors": evaluate_calculator(calc, test)}
+            if cfg.pes:
+                pes[key] = pes_along_hessian(relaxed, calc, n_grid=15, reference_calc=prior.as_calculator(),
+                                             hessian_calc=prior.as_calculator())
+        for name, grid in pes.items():
+            grid.label, grid.reference_label = name, "prior"
+            plot_pes(grid, out / f"{mol}_pes_{name}.png")
+            mol_res["variants"][name]["pes_rmse_vs_prior_eV"] = float(
+                np.sqrt(np.mean((grid.energies - grid.reference_energies) ** 2)))
         jobs, labels = [], []
         for name, spec in variants.items():
             for ensemble in cfg.ensembles:
