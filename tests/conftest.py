@@ -57,3 +57,32 @@ def tiny_model_path(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def prior():
+    """GFN2-xTB through xtb-python (the default prior)."""
+    from ttcalc.priors import XTBPrior
+
+    return XTBPrior()
+
+
+@pytest.fixture(scope="session")
+def benzene():
+    """One rMD17 benzene test frame (labelled, eV and Å)."""
+    return load_rmd17("benzene", "test_01", n=1, seed=3)[0]
+
+
+@pytest.fixture(scope="session")
+def naphthalene():
+    """One rMD17 naphthalene test frame: a molecule the benzene test model never saw."""
+    return load_rmd17("naphthalene", "test_01", n=1, seed=0)[0]
+
+
+def scaled(atoms, factor: float):
+    """A copy scaled by ``factor`` about its centroid (labels dropped)."""
+    out = atoms.copy()
+    out.calc = None
+    c = out.positions.mean(axis=0)
+    out.positions = c + factor * (out.positions - c)
+    return out

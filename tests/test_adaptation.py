@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import scaled
 import torch
 from ase import Atoms, units
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
@@ -26,27 +27,6 @@ NAPHTHALENE_TTT = dict(n_frames=16, max_steps=30, md_interval=5)
 QUICK_TTT = dict(frames="rattle", n_frames=8, max_steps=3, eval_every=3, stop_at_id_loss=False)
 
 
-@pytest.fixture(scope="module")
-def prior():
-    return XTBPrior()
-
-
-@pytest.fixture(scope="module")
-def benzene():
-    return load_rmd17("benzene", "test_01", n=1, seed=3)[0]
-
-
-@pytest.fixture(scope="module")
-def naphthalene():
-    return load_rmd17("naphthalene", "test_01", n=1, seed=0)[0]
-
-
-def scaled(atoms: Atoms, factor: float) -> Atoms:
-    out = atoms.copy()
-    out.calc = None
-    c = out.positions.mean(axis=0)
-    out.positions = c + factor * (out.positions - c)
-    return out
 
 
 def predict(calc: TTTCalculator, atoms: Atoms) -> tuple[float, np.ndarray]:

@@ -22,11 +22,6 @@ from ttcalc.data import load_rmd17
 
 
 @pytest.fixture(scope="module")
-def benzene():
-    return load_rmd17("benzene", "test_01", n=1, seed=3)[0]
-
-
-@pytest.fixture(scope="module")
 def calc64(tiny_model_path):
     return TTTCalculator(tiny_model_path, dtype="float64", compile=False, disagreement_every=0)
 

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import scaled
 from ase import Atoms
 from ase.io import write
 
@@ -16,23 +17,6 @@ from ttcalc.shifts import (CONNECTIVITY, ELEMENTS, FORCE_NORM, SIZE, ShiftReport
                            format_table)
 
 
-@pytest.fixture(scope="module")
-def prior():
-    return XTBPrior()
-
-
-@pytest.fixture(scope="module")
-def benzene():
-    return load_rmd17("benzene", "test_01", n=1, seed=3)[0]
-
-
-def scaled(atoms: Atoms, factor: float) -> Atoms:
-    """A copy scaled by ``factor`` about its centroid (labels dropped)."""
-    out = atoms.copy()
-    out.calc = None
-    c = out.positions.mean(axis=0)
-    out.positions = c + factor * (out.positions - c)
-    return out
 
 
 def test_in_distribution_benzene_is_not_flagged(tiny_model_path, benzene, prior):
