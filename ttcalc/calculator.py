@@ -176,7 +176,7 @@ class TTTCalculator(Calculator):
                     "energies": e_atom[0].to(torch.float64).cpu().numpy()}
         batch = collate([atoms], self.model.cutoff, dtype=self.torch_dtype, device=self.device)
         out = self.model(batch, heads=(head,), stress=stress)[head]
-        e = float(out["energy"][0])
+        e = float(out["energy"][0].detach())
         res = {"energy": e, "free_energy": e,
                "forces": out["forces"].detach().to(torch.float64).cpu().numpy(),
                "energies": out["energies"].detach().to(torch.float64).cpu().numpy()}
