@@ -25,7 +25,7 @@ def model64():
 
 def _energy_forces(model, atoms, dense=None):
     out = model(collate([atoms], model.cutoff, dtype=model.dtype, dense=dense))["main"]
-    return float(out["energy"][0]), out["forces"].detach().numpy()
+    return float(out["energy"][0].detach()), out["forces"].detach().numpy()
 
 
 @pytest.mark.parametrize("dense", [True, False])
