@@ -54,19 +54,24 @@ def cmd_md(args) -> int:
     result = run_md(atoms, calc, ensemble=args.ensemble, temperature_K=args.temperature,
                     timestep_fs=args.timestep, time_ps=args.time_ps, seed=args.seed,
                     trajectory=args.trajectory, progress=not args.quiet)
-    print(json.dumps(result.to_dict() if hasattr(result, "to_dict") else str(result), indent=2, default=str))
+    summary = {k: getattr(result, k) for k in ("status", "time_ps", "steps", "n_atoms", "seconds", "message")}
+    summary["trajectory"] = args.trajectory
+    if calc.last_adaptation is not None:
+        summary["ttt"] = calc.last_adaptation.summary()
+    summary["cutoff"] = calc.cutoff
+    print(json.dumps(summary, indent=2, default=str))
     return 0 if result.status == "finished" else 1
 
 
 def cmd_diagnose(args) -> int:
     from ase.io import read
 
-    from . import load_model
+    from . import load_model, load_pretrained
     from .priors import make_prior
     from .shifts import diagnose, format_table
 
     atoms = read(args.structure)
-    model = load_model(args.model) if args.model else __import__("ttcalc").load_pretrained()
+    model = load_model(args.model) if args.model else load_pretrained()
     report = diagnose(atoms, model, prior=make_prior(args.prior))
     print(format_table(report))
     return 0
