@@ -307,7 +307,6 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
     train = [labelled[i] for i in order[n_val:]] or val
     dtype, device = model.dtype, model.device
     val_batch = collate(val, model.cutoff, dtype=dtype, device=device, labels=True)
-    train_batch = collate(train, model.cutoff, dtype=dtype, device=device, labels=True)
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
 
     params = model.parameters_of("adaptable")
@@ -331,7 +330,7 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
         reason, n_updates = f"max_steps ({cfg.max_steps})", 0
         if not math.isfinite(start):
             raise FloatingPointError(f"the prior loss of the unadapted model is {start}; cannot adapt")
-        n_train = int(train_batch.n_structures)
+        n_train = len(train)
         # already at the in-distribution loss: training further would only overfit the prior
         steps = range(1, cfg.max_steps + 1) if target is None or start > target else range(0)
         if target is not None and start <= target:

@@ -7,7 +7,6 @@ criterion and h(r) of Fu et al. (TMLR 2023) against the rMD17 frames, and NVE dr
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .batch import Batch
-from .graph import edge_geometry
+from .graph import build_graph, edge_geometry
 from .heads import EnergyHead
 from .representation import Representation, RepresentationConfig, tensornet_features_dense
 
@@ -257,8 +257,6 @@ class MultiHeadPotential(nn.Module):
 
 
 def _dense_graph_of(batch: Batch):
-    from .graph import build_graph
-
     sizes = batch.n_atoms.tolist()
     return build_graph(sizes, np.zeros((sum(sizes), 3)), 1.0, dense=True, device=batch.pos.device)
 
