@@ -18,7 +18,6 @@ from ttcalc.adaptation import TTTConfig, make_frames, rattled_frames
 from ttcalc.batch import collate
 from ttcalc.data import label_with_prior, load_rmd17
 from ttcalc.model import snapshot
-from ttcalc.priors import XTBPrior
 from ttcalc.system import system_key
 
 #: a short TTT for naphthalene (paper: prior MD at 500 K; here 16 frames, 30 SGD steps)

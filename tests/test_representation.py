@@ -1,7 +1,6 @@
 """Our graph-based TensorNet forward equals torchmd-net's own, dense and sparse."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -12,7 +12,6 @@ from ase.io import write
 from ttcalc import load_model
 from ttcalc.checkpoint import CheckpointError
 from ttcalc.data import load_rmd17
-from ttcalc.priors import XTBPrior
 from ttcalc.shifts import (CONNECTIVITY, ELEMENTS, FORCE_NORM, SIZE, ShiftReport, diagnose,
                            format_table)
 

@@ -70,6 +70,9 @@ class TTTCalculator(Calculator):
     radius_refinement: choose the cutoff per new system by spectral matching (paper eq. 5).
     disagreement_every: evaluate the prior every k-th calculation to report the main-vs-prior
         force disagreement (0 disables it; 1 = every call).
+
+    A model with property heads (:class:`~ttcalc.heads.PropertyHead`) adds one property per head:
+    ``calc.get_property("gap", atoms)``; asking for any of them also fills ``results["properties"]``.
     """
 
     def __init__(self, model=None, prior: Prior | str | None = None, device: str = "cpu",
@@ -103,7 +106,8 @@ class TTTCalculator(Calculator):
             radii=None if radii is None else [float(r) for r in radii],
             disagreement_every=int(disagreement_every), **kwargs,
         )
-        self.implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+        self.implemented_properties = ["energy", "free_energy", "forces", "energies", "stress",
+                                       *self.model.property_heads]
         self._evaluators: dict[tuple, FastEvaluator] = {}
         self._system: str | None = None  # key of the system the current weights/cutoff are for
         self._calls = 0
@@ -150,6 +154,8 @@ class TTTCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a 3-D periodic cell")
         self._prepare_system(atoms)
         self.results = self._evaluate(atoms, stress="stress" in properties)
+        if any(p in self.model.property_heads for p in properties):
+            self.results.update(self._properties(atoms))
         self._calls += 1
         every = self.parameters.disagreement_every
         if self.prior is not None and every and (self._calls - 1) % every == 0:
@@ -185,6 +191,18 @@ class TTTCalculator(Calculator):
 
             res["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().double().cpu().numpy())
         return res
+
+    def _properties(self, atoms: Atoms) -> dict:
+        """Every property head's prediction: ``results[name]`` (a float, or an array for d > 1)
+        and all of them together in ``results["properties"]``."""
+        batch = collate([atoms], self.model.cutoff, dtype=self.torch_dtype, device=self.device)
+        with torch.no_grad():
+            pred = self.model.predict_properties(batch)
+        values = {}
+        for name, v in pred.items():
+            v = v[0].double().cpu().numpy()
+            values[name] = float(v[0]) if v.size == 1 else v
+        return {**values, "properties": dict(values)}
 
     def _dense_ok(self, atoms: Atoms) -> bool:
         return (self.model.uses_dense_kernel and not atoms.pbc.any()

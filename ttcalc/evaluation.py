@@ -77,3 +77,19 @@ def load_eval_frames(data: str, split: str = "test_01", n: int | None = None, se
         idx = np.random.default_rng(seed).choice(len(frames), size=min(n, len(frames)), replace=False)
         frames = [frames[i] for i in sorted(idx)]
     return frames
+
+
+def predict_properties(model, frames: Sequence[Atoms], name: str, batch_size: int = 256) -> np.ndarray:
+    """Predictions (M, d) of property head ``name`` on ``frames`` (in the head's unit).
+
+    Frames are batched in order of size (less padding in the dense layout) and returned in input order."""
+    order = np.argsort([len(a) for a in frames], kind="stable")
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(frames), batch_size):
+            batch = collate([frames[i] for i in order[start:start + batch_size]], model.cutoff,
+                            dtype=model.dtype, device=model.device)
+            out.append(model.predict_properties(batch, [name])[name].double().cpu().numpy())
+    pred = np.empty((len(frames), out[0].shape[1]))
+    pred[order] = np.concatenate(out)
+    return pred

@@ -7,7 +7,7 @@ autograd, so every head is a conservative potential. Parameter groups ("represen
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .batch import Batch
 from .graph import build_graph, edge_geometry
-from .heads import EnergyHead
+from .heads import EnergyHead, PropertyHead, PropertyHeadConfig
 from .representation import Representation, RepresentationConfig, tensornet_features_dense
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,14 @@ class ModelConfig:
     #: parameter-name prefixes (relative to the model) that test-time training may update;
     #: empty means the representation's embedding and first interaction layer
     adaptable: tuple[str, ...] = ()
+    #: downstream property heads (:class:`~ttcalc.heads.PropertyHeadConfig`), e.g. a HOMO-LUMO gap
+    properties: tuple[PropertyHeadConfig, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["heads"] = list(self.heads)
         d["adaptable"] = list(self.adaptable)
+        d["properties"] = [p.to_dict() for p in self.properties]
         return d
 
     @classmethod
@@ -64,6 +67,8 @@ class ModelConfig:
         d["representation"] = RepresentationConfig(**d.get("representation", {}))
         d["heads"] = tuple(d.get("heads", ("main", "prior")))
         d["adaptable"] = tuple(d.get("adaptable", ()))
+        d["properties"] = tuple(p if isinstance(p, PropertyHeadConfig) else PropertyHeadConfig(**p)
+                                for p in d.get("properties", ()))
         return cls(**d)
 
 
@@ -118,6 +123,9 @@ class MultiHeadPotential(nn.Module):
                              rep_cfg.activation, dtype=torch_dtype)
             for name in self.config.heads
         })
+        self.property_heads = nn.ModuleDict()
+        for prop in self.config.properties:
+            self._build_property_head(prop, torch_dtype)
         self.stats = stats or TrainingStats(cutoff=rep_cfg.cutoff)
         self.to(torch_dtype)
 
@@ -141,6 +149,36 @@ class MultiHeadPotential(nn.Module):
     def uses_dense_kernel(self) -> bool:
         return self.config.representation.model == "tensornet"
 
+    # --- property heads ---------------------------------------------------------------------------
+    def _build_property_head(self, prop: PropertyHeadConfig, dtype: torch.dtype) -> PropertyHead:
+        if prop.name in self.heads or prop.name in self.property_heads or prop.name in ("representation",
+                                                                                      "adaptable", "properties"):
+            raise ValueError(f"property head name {prop.name!r} is taken (energy heads: {list(self.heads)}, "
+                             f"property heads: {list(self.property_heads)})")
+        rep = self.config.representation
+        head = PropertyHead(prop, rep.hidden_channels, rep.max_z, rep.activation, dtype=dtype)
+        self.property_heads[prop.name] = head
+        return head
+
+    def add_property_head(self, prop: PropertyHeadConfig) -> PropertyHead:
+        """Attach a new, randomly initialised property head (recorded in the config and checkpoints)."""
+        head = self._build_property_head(prop, self.dtype).to(self.device)
+        self.config = replace(self.config, properties=tuple(self.config.properties) + (prop,))
+        return head
+
+    def predict_properties(self, batch: Batch, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """``{name: (B, d)}`` from the property heads (all of them by default), in each head's unit.
+
+        Gradients flow to the parameters (training) but not to positions."""
+        names = list(self.property_heads) if names is None else list(names)
+        for n in names:
+            if n not in self.property_heads:
+                raise KeyError(f"model has no property head {n!r}; it has {list(self.property_heads)}")
+        pos = batch.pos.detach()
+        x = self.features(batch, pos)
+        flat_pos = pos[batch.mask] if batch.dense else pos
+        return {n: self.property_heads[n](x, batch.z, flat_pos, batch.batch, batch.n_structures) for n in names}
+
     # --- parameter groups -------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[str]]:
         """Parameter names of θR ("representation"), each head, and the TTT "adaptable" subset."""
@@ -148,6 +186,9 @@ class MultiHeadPotential(nn.Module):
         groups = {"representation": [n for n in names if n.startswith("representation.")]}
         for head in self.heads:
             groups[head] = [n for n in names if n.startswith(f"heads.{head}.")]
+        for head in self.property_heads:
+            groups[head] = [n for n in names if n.startswith(f"property_heads.{head}.")]
+        groups["properties"] = [n for n in names if n.startswith("property_heads.")]
         if self.config.adaptable:
             groups["adaptable"] = [n for n in names if n.startswith(tuple(self.config.adaptable))]
         else:

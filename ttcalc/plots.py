@@ -1,4 +1,5 @@
-"""Figures of adaptation (TTT loss curves) and the demo; MD figures live in md_protocols.plots."""
+"""Figures of adaptation (TTT loss curves), the demo and property fine-tuning (t-SNE of atomic
+representations, ID/OOD errors); MD figures live in md_protocols.plots."""
 from __future__ import annotations
 
 import os
@@ -43,3 +44,44 @@ def plot_demo(r: np.ndarray, h_model: np.ndarray, h_ref: np.ndarray, report, pat
         fig.suptitle(title)
     _save(fig, path)
     return str(path)
+
+
+def plot_tsne_panels(panels: dict, path: str | os.PathLike, max_classes: int = 12) -> Figure:
+    """One t-SNE scatter per model, coloured by atom class (Peng et al. 2026, Fig. 2 style).
+
+    ``panels``: ``{title: (Y (n, 2), labels (n,))}``; the ``max_classes`` most frequent classes get
+    colours, the rest are grey."""
+    names, counts = np.unique(np.concatenate([lab for _, lab in panels.values()]), return_counts=True)
+    top = list(names[np.argsort(-counts)][:max_classes])
+    fig = Figure(figsize=(3.2 * len(panels), 3.4), layout="constrained")
+    for k, (title, (Y, labels)) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        other = ~np.isin(labels, top)
+        ax.scatter(Y[other, 0], Y[other, 1], s=2, color="lightgray")
+        for c, cls in enumerate(top):
+            sel = labels == cls
+            ax.scatter(Y[sel, 0], Y[sel, 1], s=2, color=f"C{c % 10}" if c < 10 else "black",
+                       marker="o" if c < 10 else "x", label=cls)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.axes[-1].legend(frameon=False, fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
+    return _save(fig, path)
+
+
+def plot_error_bars(table: dict, path: str | os.PathLike, ylabel: str = "RMSE") -> Figure:
+    """Grouped bars ``table[group][series] = (mean, std)``, e.g. groups = regimes, series = ID/OOD."""
+    groups = list(table)
+    series = list(next(iter(table.values())))
+    fig = Figure(figsize=(1.3 * len(groups) + 2, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for k, s in enumerate(series):
+        means = [table[g][s][0] for g in groups]
+        stds = [table[g][s][1] for g in groups]
+        ax.bar(np.arange(len(groups)) + (k - (len(series) - 1) / 2) * width, means, width, yerr=stds,
+               capsize=3, label=s)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False)
+    return _save(fig, path)

@@ -314,3 +314,13 @@ def _et_features(net: TorchMD_ET, z, edge_index, edge_vec, edge_weight, batch) -
     finally:
         net.distance = own
     return x
+
+
+def __getattr__(name: str):
+    # the representation-collapse diagnostics live in ttcalc.collapse (numpy/sklearn/POT only);
+    # they are reachable from here too, the module the representation itself lives in
+    from . import collapse
+
+    if name in ("atom_classes", "davies_bouldin", "tsne_2d", "wasserstein_1", "atomic_representations"):
+        return getattr(collapse, name)
+    raise AttributeError(f"module 'ttcalc.representation' has no attribute {name!r}")

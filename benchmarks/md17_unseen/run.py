@@ -18,9 +18,8 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 
-from md_protocols.plots import plot_hr, plot_stability_bars
+from md_protocols.plots import plot_stability_bars
 from ttcalc import load_model
 from ttcalc.bench import BenchConfig, markdown, run_benchmark
 from ttcalc.data import load_rmd17

@@ -93,3 +93,30 @@ def reference_energy(atoms_or_numbers: Atoms | Iterable[int], refs: Mapping[int,
     if missing:
         raise ValueError(f"no reference energy for element(s) {missing}; references exist for {sorted(refs)}")
     return float(sum(refs[z] for z in numbers.tolist()))
+
+
+def fit_element_constants(
+    structures: Sequence[Atoms | Iterable[int]],
+    values: np.ndarray,
+    intensive: bool = False,
+    elements: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element constants p(Z) of a molecular property by least squares (property-head bias).
+
+    Extensive:  y_m ≈ Σ_Z n_Z(m) p(Z);    intensive:  y_m ≈ Σ_Z (n_Z(m) / N_m) p(Z),
+
+    i.e. the bias that a sum (or mean) over atoms of p(Z_i) produces. ``values`` is (M,) or (M, d).
+    Returns ``(elements, p)`` with p of shape (len(elements), d) (minimum-norm if rank-deficient).
+    """
+    y = np.asarray(values, dtype=np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    if len(structures) == 0 or len(y) != len(structures):
+        raise ValueError(f"need one value per structure, got {len(y)} values for {len(structures)} structures")
+    if elements is None:
+        elements = np.unique(np.concatenate([_numbers(s) for s in structures]))
+    elements = np.asarray(sorted(set(int(z) for z in elements)), dtype=np.int64)
+    X = composition_matrix(structures, elements)
+    if intensive:
+        X = X / X.sum(axis=1, keepdims=True)
+    p, *_ = np.linalg.lstsq(X, y, rcond=None)
+    return elements, p

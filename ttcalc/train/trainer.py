@@ -111,6 +111,89 @@ def _label_tensors(t: Targets, idx: Sequence[int], batch: Batch) -> tuple[torch.
     return e, f
 
 
+def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, grad_clip: float,
+                   name: str, epoch: int, world: int = 1) -> None:
+    """Backward, (data-parallel gradient average), global-norm clipping and one optimiser step."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{name}: non-finite training loss at epoch {epoch}")
+    loss.backward()
+    _average_gradients(params, world)
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+
+
+class StageMonitor:
+    """Per-epoch bookkeeping shared by every training loop: CSV log, progress bar, best weights
+    (saved atomically to ``checkpoint_path`` on each improvement, restored at the end) and the stop
+    rules of :class:`StageConfig` (patience, min_lr, time budget)."""
+
+    def __init__(self, model: MultiHeadPotential, cfg: StageConfig, name: str, initial_val: float,
+                 extra_columns: Sequence[str] = (), log_path: str | Path | None = None,
+                 checkpoint_path: str | Path | None = None, progress: bool = True):
+        self.model, self.cfg, self.name = model, cfg, name
+        self.checkpoint_path = checkpoint_path
+        self.best, self.best_state, self.stale = initial_val, snapshot(model), 0
+        self.history: list[dict] = []
+        self.reason = f"max_epochs ({cfg.max_epochs})"
+        self.epoch = 0
+        self.t0 = time.perf_counter()
+        self.writer, self.fh = None, None
+        if log_path is not None:
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(log_path, "a", newline="")
+            self.writer = csv.writer(self.fh)
+            if self.fh.tell() == 0:
+                self.writer.writerow(["stage", "epoch", "lr", "train_loss", "val_loss", "seconds"]
+                                     + list(extra_columns))
+        self.bar = tqdm(total=cfg.max_epochs, desc=name, disable=not progress, unit="epoch")
+
+    def __enter__(self) -> "StageMonitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        if self.fh is not None:
+            self.fh.close()
+
+    def end_epoch(self, epoch: int, lr: float, train_loss: float, val_loss: float,
+                  extra: Sequence[float] = ()) -> bool:
+        """Record one epoch; True when training should stop."""
+        cfg = self.cfg
+        self.epoch = epoch
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss,
+               "seconds": time.perf_counter() - self.t0}
+        self.history.append(row)
+        if self.writer is not None:
+            self.writer.writerow([self.name, epoch, f"{lr:.3g}", f"{train_loss:.6g}", f"{val_loss:.6g}",
+                                  f"{row['seconds']:.1f}"] + [f"{v:.6g}" for v in extra])
+            self.fh.flush()
+        self.bar.update(1)
+        self.bar.set_postfix(val=f"{val_loss:.4g}", lr=f"{lr:.1e}")
+        if val_loss < self.best:
+            self.best, self.best_state, self.stale = val_loss, snapshot(self.model), 0
+            if self.checkpoint_path is not None:
+                self.model.save(self.checkpoint_path, metadata={"stage": self.name, "epoch": epoch,
+                                                                "val_loss": val_loss})
+        else:
+            self.stale += 1
+        if self.stale >= cfg.patience:
+            self.reason = f"early stopping ({cfg.patience} epochs without improvement)"
+        elif lr <= cfg.min_lr * (1 + 1e-9) and self.stale > 0:
+            self.reason = "learning rate reached min_lr"
+        elif row["seconds"] > cfg.max_minutes * 60:
+            self.reason = f"time budget ({cfg.max_minutes} min)"
+        else:
+            return False
+        return True
+
+    def result(self) -> "StageResult":
+        """Restore the best weights, freeze the model and summarise the stage."""
+        restore(self.model, self.best_state)
+        self.model.requires_grad_(False)
+        log.info("%s: best val loss %.5g after %d epochs (%s)", self.name, self.best, self.epoch, self.reason)
+        return StageResult(self.best, self.epoch, time.perf_counter() - self.t0, self.reason, self.history)
+
+
 def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_targets: dict[str, Targets],
                 val_frames: Sequence[Atoms], val_targets: dict[str, Targets], groups: Sequence[str],
                 cfg: StageConfig, head_weights: dict[str, float] | None = None, name: str = "stage",
@@ -129,26 +212,14 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience,
                                                        min_lr=cfg.min_lr)
     rng = np.random.default_rng(seed)
-    n = len(train_frames)
     sizes = np.array([len(a) for a in train_frames])
-    writer, fh = None, None
-    if log_path is not None and rank == 0:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        fh = open(log_path, "a", newline="")
-        writer = csv.writer(fh)
-        if fh.tell() == 0:
-            writer.writerow(["stage", "epoch", "lr", "train_loss", "val_loss", "seconds"]
-                            + [f"val_{h}" for h in val_targets])
-    t0 = time.perf_counter()
-    best = evaluate_loss(model, val_frames, val_targets, head_weights, weights)["total"]
-    best_state, stale, history = snapshot(model), 0, []
-    reason = f"max_epochs ({cfg.max_epochs})"
-    epoch = 0
-    bar = tqdm(total=cfg.max_epochs, desc=name, disable=not progress or rank != 0, unit="epoch")
-    try:
+    evaluate = lambda: evaluate_loss(model, val_frames, val_targets, head_weights, weights)  # noqa: E731
+    monitor = StageMonitor(model, cfg, name, evaluate()["total"], [f"val_{h}" for h in val_targets],
+                           log_path if rank == 0 else None,
+                           checkpoint_path if rank == 0 else None, progress and rank == 0)
+    with monitor:
         for epoch in range(1, cfg.max_epochs + 1):
             batches = size_bucketed_batches(sizes, cfg.batch_size, rng)
-            steps_per_epoch = len(batches)
             running = 0.0
             for idx in batches:
                 idx = idx[rank::world] if world > 1 else idx
@@ -162,48 +233,14 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
                     e, f = _label_tensors(t, idx, batch)
                     loss_h, _ = energy_force_loss(pred[h], e, f, batch.n_atoms, weights)
                     loss = loss + head_weights[h] * loss_h
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{name}: non-finite training loss at epoch {epoch}")
-                loss.backward()
-                _average_gradients(params, world)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
+                optimiser_step(loss, opt, params, cfg.grad_clip, name, epoch, world)
                 running += float(loss.detach())
-            val = evaluate_loss(model, val_frames, val_targets, head_weights, weights)
+            val = evaluate()
             sched.step(val["total"])
-            lr = opt.param_groups[0]["lr"]
-            row = {"epoch": epoch, "lr": lr, "train_loss": running / steps_per_epoch,
-                   "val_loss": val["total"], "seconds": time.perf_counter() - t0}
-            history.append(row)
-            if writer is not None:
-                writer.writerow([name, epoch, f"{lr:.3g}", f"{row['train_loss']:.6g}", f"{val['total']:.6g}",
-                                 f"{row['seconds']:.1f}"] + [f"{val[h]:.6g}" for h in val_targets])
-                fh.flush()
-            bar.update(1)
-            bar.set_postfix(val=f"{val['total']:.4g}", lr=f"{lr:.1e}")
-            if val["total"] < best:
-                best, best_state, stale = val["total"], snapshot(model), 0
-                if checkpoint_path is not None and rank == 0:
-                    model.save(checkpoint_path, metadata={"stage": name, "epoch": epoch, "val_loss": best})
-            else:
-                stale += 1
-            if stale >= cfg.patience:
-                reason = f"early stopping ({cfg.patience} epochs without improvement)"
+            if monitor.end_epoch(epoch, opt.param_groups[0]["lr"], running / len(batches), val["total"],
+                                 [val[h] for h in val_targets]):
                 break
-            if lr <= cfg.min_lr * (1 + 1e-9) and stale > 0:
-                reason = "learning rate reached min_lr"
-                break
-            if row["seconds"] > cfg.max_minutes * 60:
-                reason = f"time budget ({cfg.max_minutes} min)"
-                break
-    finally:
-        bar.close()
-        if fh is not None:
-            fh.close()
-    restore(model, best_state)
-    model.requires_grad_(False)
-    log.info("%s: best val loss %.5g after %d epochs (%s)", name, best, epoch, reason)
-    return StageResult(best, epoch, time.perf_counter() - t0, reason, history)
+    return monitor.result()
 
 
 def init_distributed_from_env() -> bool:

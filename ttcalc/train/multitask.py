@@ -1,0 +1,167 @@
+"""Training on several tasks with their own data: one mini-batch of every task per step.
+
+A :class:`Task` owns its frames and labels and turns a list of frame indices into a loss. The
+loop sums ``weight · loss`` over tasks each step; an epoch is one pass over the first (primary)
+task, the others cycle through their own size-bucketed batches. This one loop serves
+
+* multi-head force-field pretraining on corpora with different levels of theory (one energy head
+  per level of theory, as in multi-head pretraining of foundation models), and
+* multi-task fine-tuning (MFT, Peng et al. 2026, eq. 1): L = L_task + λ_reg · L_reg, one property
+  batch and one force-field batch per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from ..batch import collate
+from ..losses import LossWeights, energy_force_loss
+from ..model import MultiHeadPotential
+from .config import StageConfig
+from .trainer import StageMonitor, StageResult, Targets, _label_tensors, optimiser_step, size_bucketed_batches
+
+
+@dataclass(frozen=True)
+class PrefactorSchedule:
+    """DeePMD-style loss prefactors tied to the learning rate (Wang et al., DeePMD-kit):
+
+        p(t) = p_limit + (p_start − p_limit) · lr(t) / lr(0),
+
+    energy 0.2 → 20 and force 100 → 60 by default (the MFT paper's force-field objective)."""
+
+    energy_start: float = 0.2
+    energy_limit: float = 20.0
+    force_start: float = 100.0
+    force_limit: float = 60.0
+
+    def weights(self, lr_ratio: float) -> LossWeights:
+        r = float(lr_ratio)
+        return LossWeights(self.energy_limit + (self.energy_start - self.energy_limit) * r,
+                           self.force_limit + (self.force_start - self.force_limit) * r)
+
+
+class Task:
+    """Frames, a loss over index batches, a weight and a batch size.
+
+    ``loss_fn(model, frames_batch, idx, lr_ratio, train)`` returns a scalar tensor.
+    """
+
+    def __init__(self, name: str, frames: Sequence[Atoms], loss_fn: Callable, weight: float = 1.0,
+                 batch_size: int = 16):
+        if len(frames) == 0:
+            raise ValueError(f"task {name!r} has no frames")
+        if batch_size < 1:
+            raise ValueError(f"task {name!r}: batch_size must be >= 1")
+        self.name, self.frames, self.loss_fn = name, list(frames), loss_fn
+        self.weight, self.batch_size = float(weight), int(batch_size)
+        self.sizes = np.array([len(a) for a in self.frames])
+
+    def loss(self, model: MultiHeadPotential, idx: Sequence[int], lr_ratio: float = 1.0,
+             train: bool = True) -> torch.Tensor:
+        return self.loss_fn(model, [self.frames[i] for i in idx], list(idx), lr_ratio, train)
+
+    def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        return size_bucketed_batches(self.sizes, self.batch_size, rng)
+
+    def cycle(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        while True:
+            yield from self.batches(rng)
+
+    def mean_loss(self, model: MultiHeadPotential, batch_size: int = 64) -> float:
+        """Frame-weighted mean loss over all frames (no parameter gradients)."""
+        total, n = 0.0, len(self.frames)
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(n, start + batch_size)))
+            total += float(self.loss(model, idx, 1.0, train=False).detach()) * len(idx)
+        return total / n
+
+
+def force_field_task(name: str, frames: Sequence[Atoms], head: str,
+                     weights: LossWeights | PrefactorSchedule = LossWeights(), weight: float = 1.0,
+                     batch_size: int = 16) -> Task:
+    """Energy + force loss (:func:`ttcalc.losses.energy_force_loss`) of one energy head on labelled
+    frames; ``weights`` may follow a :class:`PrefactorSchedule`."""
+    targets = Targets.from_frames(frames)
+
+    def loss_fn(model, frames_b, idx, lr_ratio, train):
+        batch = collate(frames_b, model.cutoff, model.dtype, model.device)
+        pred = model(batch, heads=(head,), create_graph=train)[head]
+        e, f = _label_tensors(targets, idx, batch)
+        w = weights.weights(lr_ratio) if isinstance(weights, PrefactorSchedule) else weights
+        return energy_force_loss(pred, e, f, batch.n_atoms, w)[0]
+
+    return Task(name, frames, loss_fn, weight, batch_size)
+
+
+def property_task(name: str, frames: Sequence[Atoms], values: np.ndarray, head: str, weight: float = 1.0,
+                  batch_size: int = 32, scale: np.ndarray | float | None = None) -> Task:
+    """Mean squared error of a property head in units of the label spread:
+    L = mean_b,k ((ŷ_bk − y_bk) / σ_k)², σ = ``scale`` (default: the std of ``values``)."""
+    y = np.asarray(values, dtype=np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    if len(y) != len(frames):
+        raise ValueError(f"task {name!r}: {len(y)} values for {len(frames)} frames")
+    sigma = np.atleast_1d(np.std(y, axis=0) if scale is None else np.asarray(scale, dtype=np.float64))
+    sigma = np.where(sigma > 0, sigma, 1.0)
+
+    def loss_fn(model, frames_b, idx, lr_ratio, train):
+        batch = collate(frames_b, model.cutoff, model.dtype, model.device)
+        with torch.enable_grad() if train else torch.no_grad():
+            pred = model.predict_properties(batch, [head])[head]
+        target = torch.as_tensor(y[idx], dtype=pred.dtype, device=pred.device)
+        s = torch.as_tensor(sigma, dtype=pred.dtype, device=pred.device)
+        return (((pred - target) / s) ** 2).mean()
+
+    return Task(name, frames, loss_fn, weight, batch_size)
+
+
+def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks: Sequence[Task],
+                    groups: Sequence[str], cfg: StageConfig, name: str = "multitask",
+                    log_path: str | Path | None = None, checkpoint_path: str | Path | None = None,
+                    seed: int = 0, progress: bool = True) -> StageResult:
+    """Minimise Σ_t w_t L_t over parameter ``groups``; model selection on Σ_t w_t L_t(val_t).
+
+    The epoch length is the number of batches of ``tasks[0]``. Adam, plateau LR schedule and the
+    stop rules of :class:`StageConfig`; the best validation weights are restored at the end.
+    """
+    if not tasks:
+        raise ValueError("train_multitask needs at least one task")
+    model.set_trainable(*groups)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{name}: no trainable parameters in groups {groups}")
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience,
+                                                       min_lr=cfg.min_lr)
+    rng = np.random.default_rng(seed)
+    streams = [t.cycle(rng) for t in tasks[1:]]
+
+    def evaluate() -> dict[str, float]:
+        parts = {t.name: t.mean_loss(model) for t in val_tasks}
+        parts["total"] = sum(t.weight * parts[t.name] for t in val_tasks)
+        return parts
+
+    monitor = StageMonitor(model, cfg, name, evaluate()["total"], [f"val_{t.name}" for t in val_tasks],
+                           log_path, checkpoint_path, progress)
+    with monitor:
+        for epoch in range(1, cfg.max_epochs + 1):
+            running, batches = 0.0, tasks[0].batches(rng)
+            for idx in batches:
+                lr_ratio = opt.param_groups[0]["lr"] / cfg.lr
+                opt.zero_grad(set_to_none=True)
+                loss = tasks[0].weight * tasks[0].loss(model, idx, lr_ratio)
+                for task, stream in zip(tasks[1:], streams):
+                    loss = loss + task.weight * task.loss(model, next(stream), lr_ratio)
+                optimiser_step(loss, opt, params, cfg.grad_clip, name, epoch)
+                running += float(loss.detach())
+            val = evaluate()
+            sched.step(val["total"])
+            if monitor.end_epoch(epoch, opt.param_groups[0]["lr"], running / len(batches), val["total"],
+                                 [val[t.name] for t in val_tasks]):
+                break
+    return monitor.result()
