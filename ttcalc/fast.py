@@ -31,15 +31,14 @@ class FastEvaluator:
     """Energy, per-atom energies and forces of B replicas of one molecule, (B, N, 3) positions.
 
     ``compile=False`` runs the same dense kernel eagerly (still faster than the sparse path).
-    ``cpp_wrapper=True`` compiles with inductor's C++ wrapper: the compiled graph launches its
-    kernels from C++ instead of Python, which saves a fixed ~0.3 ms per call (about 8 % of a
-    naphthalene call on one core, ``benchmarks/md_speed.py``); the first compile of a shape is
-    slower (the wrapper is C++ too: ~30 s more on 2 loaded cores; inductor caches it). Results
-    are unchanged. Worth it for long single trajectories.
+    ``cpp_wrapper=True`` (default) compiles with inductor's C++ wrapper: the compiled graph launches
+    its kernels from C++ instead of Python, which saves a fixed part of every call (8-21 % of a
+    naphthalene call on one core, ``benchmarks/md_speed.py``) at no cost once inductor's cache is
+    warm. Results are unchanged; ``cpp_wrapper=False`` gives the Python wrapper.
     """
 
     def __init__(self, model, numbers: np.ndarray, head: str = "main", replicas: int = 1,
-                 compile: bool = True, tolerance: float | None = None, cpp_wrapper: bool = False):
+                 compile: bool = True, tolerance: float | None = None, cpp_wrapper: bool = True):
         if not model.uses_dense_kernel:
             raise ValueError("the fast path needs the TensorNet representation")
         self.model = model

@@ -208,6 +208,23 @@ def _interaction(layer, X, edge_index, edge_weight, edge_attr, q, n_atoms: int) 
     return X + dX + qf * _matmul3(dX, dX)
 
 
+def _pairwise(fn, r: Tensor) -> Tensor:
+    """``fn`` (a function of the distance only) on the (B, N, N) distance grid, evaluated once per
+    unordered pair plus once for the self loop (r = 0), then mirrored.
+
+    The per-pair radial MLPs are the largest matmuls of the kernel, and r_ij = r_ji, so this halves
+    them: N(N-1)/2 + 1 rows instead of N².
+    """
+    B, N, _ = r.shape
+    iu, ju = torch.triu_indices(N, N, offset=1, device=r.device)
+    upper = fn(r[:, iu, ju])  # (B, P, K)
+    diag = fn(r.new_zeros(B, 1))  # self loops: r = 0
+    out = diag.unsqueeze(2).expand(B, N, N, diag.shape[-1]).clone()
+    out[:, iu, ju] = upper
+    out[:, ju, iu] = upper
+    return out
+
+
 def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
     """TensorNet features of B padded molecules on the complete graph, as dense tensors.
 
@@ -228,18 +245,31 @@ def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Te
     # sqrt(1) where there is no edge keeps gradients finite (padding atoms may coincide)
     r = torch.sqrt(torch.where(edge, r2, torch.ones_like(r2))) * edge
     u = d * edge.unsqueeze(-1) / torch.where(edge, r, torch.ones_like(r)).unsqueeze(-1)
-    edge_attr = net.distance_expansion(r)  # (B, N, N, R)
-
     emb = net.tensor_embedding
+    # radial functions of r only: every layer's, evaluated once per unordered pair (see _pairwise)
+    def radial(rr: Tensor) -> Tensor:
+        ea = net.distance_expansion(rr)
+        parts = [emb.distance_proj1(ea), emb.distance_proj2(ea), emb.distance_proj3(ea)]
+        for layer in net.layers:
+            h = ea
+            for linear_scalar in layer.linears_scalar:
+                h = layer.act(linear_scalar(h))
+            parts.append(h)
+        return torch.cat(parts, dim=-1)
+
+    radial_all = _pairwise(radial, r)
+    dp1, dp2, dp3 = radial_all[..., :F], radial_all[..., F:2 * F], radial_all[..., 2 * F:3 * F]
+    layer_radial = radial_all[..., 3 * F:].split(3 * F, dim=-1)
+
     Z = emb.emb(z)  # (B, N, F)
     W, b = emb.emb2.weight, emb.emb2.bias  # Zij = emb2([Z_i, Z_j])
     Zij = (Z @ W[:, :F].T)[:, :, None, :] + (Z @ W[:, F:].T)[:, None, :, :] + b
     CZij = (emb.cutoff(r) * pair).unsqueeze(-1) * Zij
-    I = (CZij * emb.distance_proj1(edge_attr)).sum(2).reshape(B * N, F)
+    I = (CZij * dp1).sum(2).reshape(B * N, F)
     # sums over neighbours j as broadcast products (see _matmul3 for why not einsum/bmm)
-    A_vec = ((CZij * emb.distance_proj2(edge_attr)).unsqueeze(-2) * u.unsqueeze(-1)).sum(2)
+    A_vec = ((CZij * dp2).unsqueeze(-2) * u.unsqueeze(-1)).sum(2)
     uu = u.unsqueeze(-1) * u.unsqueeze(-2)  # (B, N, N, 3, 3)
-    S_full = ((CZij * emb.distance_proj3(edge_attr))[..., None, None, :] * uu.unsqueeze(-1)).sum(2)
+    S_full = ((CZij * dp3)[..., None, None, :] * uu.unsqueeze(-1)).sum(2)
     A = tn.vector_to_skewtensor(A_vec.reshape(B * N, 3, F))
     S = tn.outer_to_symtensor(S_full.reshape(B * N, 3, 3, F))
     X = tn._compose_tensor(I, A, S)
@@ -252,11 +282,8 @@ def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Te
     S = emb.linears_tensor[2](S) * norm[:, 2, None, None, :]
     X = tn._compose_tensor(I, A, S)
 
-    for layer in net.layers:
+    for layer, ea in zip(net.layers, layer_radial):
         C = layer.cutoff(r) * pair
-        ea = edge_attr
-        for linear_scalar in layer.linears_scalar:
-            ea = layer.act(linear_scalar(ea))
         ea = (ea * C.unsqueeze(-1)).reshape(B, N, N, 3, F)
         X = X / (tn.tensor_norm(X) + 1)[:, None, None, :]
         I, A, S = tn._decompose_tensor(X)

@@ -35,7 +35,8 @@ def main() -> None:
     p.add_argument("--molecules", nargs="+", default=["naphthalene", "toluene"])
     p.add_argument("--time-ps", type=float, default=100.0)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--ensembles", nargs="+", default=["nvt", "nve"])
+    p.add_argument("--ensembles", nargs="*", default=["nvt", "nve"], help="none: errors and TTT only")
+    p.add_argument("--no-pes", action="store_true", help="skip the PES scans along Hessian modes")
     p.add_argument("--rr", action="store_true")
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--processes", type=int, default=2)
@@ -52,7 +53,7 @@ def main() -> None:
 
     cfg = BenchConfig(model=args.model, molecules=args.molecules, seeds=args.seeds, time_ps=args.time_ps,
                       ttt=True, rr=args.rr, prior=args.prior, ensembles=args.ensembles,
-                      processes=args.processes, output=str(out), n_test=args.n_test)
+                      processes=args.processes, output=str(out), n_test=args.n_test, pes=not args.no_pes)
     results = run_benchmark(cfg)
     results["in_distribution"] = in_dist
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))

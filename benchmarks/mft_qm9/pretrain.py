@@ -3,7 +3,11 @@
 Every step takes one batch from each head's corpus (``ttcalc.train.train_multitask``); an epoch is
 one pass over the GFN2-xTB part. Writes results/backbone.pt (+ .csv log, .json report).
 
-Regenerate:  python benchmarks/mft_qm9/pretrain.py            (~30 min on 2 CPU cores)
+Regenerate (the committed backbone: a first 35-minute stage, then 20 more minutes at half the
+learning rate, continued from the first stage's weights; one CPU thread each):
+
+    python benchmarks/mft_qm9/pretrain.py --minutes 35
+    python benchmarks/mft_qm9/pretrain.py --init benchmarks/mft_qm9/results/backbone.pt --lr 5e-4 --minutes 20
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--n-qm9", type=int, default=6000)
     p.add_argument("--output", default=str(HERE / "results" / "backbone.pt"))
+    p.add_argument("--init", default=None, help="continue from this checkpoint (same heads)")
+    p.add_argument("--lr", type=float, default=1e-3)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.perf_counter()
@@ -42,13 +48,17 @@ def main() -> None:
     t_corpus = time.perf_counter() - t0
     config = ModelConfig(RepresentationConfig(hidden_channels=64, num_layers=2, num_rbf=32, cutoff=5.0),
                          head_hidden=32, heads=HEADS)
-    model = MultiHeadPotential(config)
-    for head, (train, _) in corpus.items():
-        install_head_statistics(model, head, train)
+    if args.init:
+        model = MultiHeadPotential.load(args.init)
+        previous = dict(getattr(model, "metadata", {}).get("report", {}))
+    else:
+        model, previous = MultiHeadPotential(config), None
+        for head, (train, _) in corpus.items():
+            install_head_statistics(model, head, train)
     w = LossWeights(energy=1.0, forces=10.0)
     tasks = [force_field_task(h, corpus[h][0], h, w, batch_size=16) for h in HEADS]
     val = [force_field_task(h, corpus[h][1], h, w) for h in HEADS]
-    stage = StageConfig(lr=1e-3, batch_size=16, max_epochs=args.epochs, max_minutes=args.minutes, patience=6,
+    stage = StageConfig(lr=args.lr, batch_size=16, max_epochs=args.epochs, max_minutes=args.minutes, patience=6,
                         lr_patience=1, lr_factor=0.5)
     out = Path(args.output)
     res = train_multitask(model, tasks, val, ["representation", *HEADS], stage, name="pretrain",
@@ -61,7 +71,8 @@ def main() -> None:
               "sizes": {h: {"train": len(t), "val": len(v)} for h, (t, v) in corpus.items()},
               "val_loss_per_head": {t.name: t.mean_loss(model) for t in val},
               "best_val_loss": res.best_val_loss, "epochs": res.epochs, "stop_reason": res.stop_reason,
-              "corpus_seconds": t_corpus, "train_seconds": res.seconds}
+              "corpus_seconds": t_corpus, "train_seconds": res.seconds, "lr": args.lr,
+              "previous_stage": previous}
     model.save(out, metadata={"report": report})
     out.with_suffix(".partial.pt").unlink(missing_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
