@@ -83,3 +83,37 @@ def test_size_bucketed_batches_cover_every_frame_once_without_mixing_sizes():
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(len(sizes)))
     assert all(len(set(sizes[b])) == 1 and len(b) <= 8 for b in batches)
+
+
+def test_main_head_copied_from_prior_predicts_the_prior_forces(benzene_frames):
+    from ttcalc.batch import collate
+    from ttcalc.train.regimes import install_head_statistics
+    from ttcalc.data import label_with_prior
+    from ttcalc.priors import LJPrior
+
+    torch.manual_seed(0)
+    model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=16, num_layers=1, num_rbf=16)))
+    frames = benzene_frames[:8]
+    install_head_statistics(model, "main", frames)
+    install_head_statistics(model, "prior", label_with_prior(frames, LJPrior(), cache=False))
+    assert model.heads["main"].scale != model.heads["prior"].scale
+    model.heads["main"].copy_mlp_from(model.heads["prior"])
+    out = model(collate(frames, model.cutoff), heads=("main", "prior"))
+    torch.testing.assert_close(out["main"]["forces"], out["prior"]["forces"], rtol=1e-5, atol=1e-6)
+
+
+def test_init_checkpoint_skips_pretraining_and_takes_its_weights(tmp_path):
+    cfg = _small("pretrain-freeze-finetune", tmp_path)
+    first, _ = train_model(cfg, progress=False)
+    cfg2 = _small("pretrain-freeze-finetune", tmp_path)
+    cfg2.output = str(tmp_path / "second.pt")
+    cfg2.init_checkpoint = cfg.output
+    cfg2.main_head_init = "prior"
+    second, report = train_model(cfg2, progress=False)
+    assert set(report["stages"]) == {"finetune"}
+    a, b = first.state_dict(), second.state_dict()
+    for k in a:
+        if k.startswith(("representation.", "heads.prior.")):
+            assert torch.equal(a[k], b[k]), k
+    with pytest.raises(ValueError, match="main_head_init"):
+        TrainConfig.from_dict({"main_head_init": "copy"})

@@ -21,6 +21,8 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config)
     if args.output:
         cfg.output = args.output
+    if args.init_checkpoint:
+        cfg.init_checkpoint = args.init_checkpoint
     _, report = train_model(cfg, progress=not args.quiet)
     print(json.dumps({k: report[k] for k in ("n_train", "n_val", "molecules", "stages", "timings")}, indent=2))
     print(f"model written to {cfg.output}")
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a multi-head potential from a TOML/YAML config")
     t.add_argument("--config", required=True, help="training config (.toml/.yaml)")
     t.add_argument("--output", help="override the output checkpoint path")
+    t.add_argument("--init-checkpoint", help="pretrain-freeze-finetune: take the representation and prior "
+                   "head from this checkpoint and skip pretraining")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

@@ -44,6 +44,15 @@ class EnergyHead(nn.Module):
                 self.element_energy[int(z)] = float(e)
             self.scale.fill_(float(scale))
 
+    def copy_mlp_from(self, other: "EnergyHead") -> None:
+        """Take ``other``'s MLP, rescaled to this head's scale, so both predict the same forces
+        (energies differ only by the per-element references)."""
+        with torch.no_grad():
+            self.mlp.load_state_dict(other.mlp.state_dict())
+            ratio = other.scale / self.scale
+            self.mlp[-1].weight.mul_(ratio)
+            self.mlp[-1].bias.mul_(ratio)
+
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """Per-atom energies (eV) with the shape of ``z``."""
         return self.scale * self.mlp(x).squeeze(-1) + self.element_energy[z]

@@ -3,11 +3,12 @@
 Every step takes one batch from each head's corpus (``ttcalc.train.train_multitask``); an epoch is
 one pass over the GFN2-xTB part. Writes results/backbone.pt (+ .csv log, .json report).
 
-Regenerate (the committed backbone: a first 35-minute stage, then 20 more minutes at half the
-learning rate, continued from the first stage's weights; one CPU thread each):
+Regenerate the committed backbone (3 epochs in 50 minutes on one CPU thread, sharing the machine
+with another training job; the budget is checked after each epoch):
 
     python benchmarks/mft_qm9/pretrain.py --minutes 35
-    python benchmarks/mft_qm9/pretrain.py --init benchmarks/mft_qm9/results/backbone.pt --lr 5e-4 --minutes 20
+
+``--init CHECKPOINT --lr 5e-4`` continues training from an earlier backbone.
 """
 from __future__ import annotations
 

@@ -66,6 +66,12 @@ class TrainConfig:
     pretrain: StageConfig = field(default_factory=StageConfig)
     finetune: StageConfig = field(default_factory=StageConfig)
     joint_prior_weight: float = 1.0
+    #: pretrain-freeze-finetune: start the main head as a copy of the pretrained prior head
+    #: ("prior", so θM = θP + a learned correction and TTT's changes to the features reach θM the
+    #: way they reach θP) or from random weights ("random")
+    main_head_init: Literal["random", "prior"] = "random"
+    #: pretrain-freeze-finetune: take θR and θP from this checkpoint and skip the pretraining stage
+    init_checkpoint: str | None = None
     output: str = "runs/model.pt"
     dtype: str = "float32"
     device: str = "cpu"
@@ -91,6 +97,8 @@ class TrainConfig:
             sub = d.get(name, {})
             _check_keys(typ, sub, f"[{name}]")
             setattr(out, name, typ(**sub))
+        if out.main_head_init not in ("random", "prior"):
+            raise ValueError(f"main_head_init must be 'random' or 'prior', not {out.main_head_init!r}")
         if out.regime not in ("pretrain-freeze-finetune", "joint", "supervised"):
             raise ValueError(f"unknown regime {out.regime!r}; use pretrain-freeze-finetune, joint "
                              f"or supervised")

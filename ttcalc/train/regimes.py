@@ -99,6 +99,22 @@ def install_head_statistics(model: MultiHeadPotential, head: str, frames: Sequen
     model.heads[head].set_statistics(refs, rms)
 
 
+def load_pretrained_weights(model: MultiHeadPotential, path: str | Path, prefixes: Sequence[str]) -> None:
+    """Copy the parameters and buffers whose names start with ``prefixes`` from a checkpoint."""
+    from ..checkpoint import read_checkpoint
+
+    state = read_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    picked = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
+    if not picked:
+        raise ValueError(f"{path} holds no weights under {list(prefixes)}")
+    bad = [k for k, v in picked.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{path} does not match this model's architecture: {bad[:5]}")
+    model.load_state_dict({**own, **picked})
+    log.info("took %d tensors (%s) from %s", len(picked), ", ".join(prefixes), path)
+
+
 def training_stats(cfg: TrainConfig, model: MultiHeadPotential, ds: Dataset) -> TrainingStats:
     """Statistics of the training set that TTT, RR and the shift diagnostics compare against."""
     from ..spectral import build_training_spectrum
@@ -161,8 +177,14 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
                   progress=progress)
     if cfg.regime == "pretrain-freeze-finetune":
         prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
-        stages["pretrain"] = train_stage(model, train, {"prior": prior_t}, val, {"prior": prior_v},
-                                         ["representation", "prior"], cfg.pretrain, name="pretrain", **common)
+        if cfg.init_checkpoint:
+            load_pretrained_weights(model, cfg.init_checkpoint, ("representation.", "heads.prior."))
+        else:
+            stages["pretrain"] = train_stage(model, train, {"prior": prior_t}, val, {"prior": prior_v},
+                                             ["representation", "prior"], cfg.pretrain, name="pretrain",
+                                             **common)
+        if cfg.main_head_init == "prior":
+            model.heads["main"].copy_mlp_from(model.heads["prior"])
         stages["finetune"] = train_stage(model, train, {"main": main_t}, val, {"main": main_v},
                                          ["main"], cfg.finetune, name="finetune", **common)
     elif cfg.regime == "joint":
