@@ -150,6 +150,8 @@ def run_batched_md(
     head: str = "main",
     keep_frames: bool = True,
     initial_temperature_K: float | None = None,
+    momenta: np.ndarray | None = None,
+    thermostat_rngs: Sequence[np.random.Generator] | None = None,
 ) -> list[MDResult]:
     """Integrate ``n_replicas`` independent replicas of one molecule with one model call per step.
 
@@ -161,7 +163,12 @@ def run_batched_md(
     ``check_interval`` steps (default ``log_interval``); None means a :class:`BondCollapseCheck`
     against the starting structure (threshold 0.5 Å); ``()`` disables them. The finite check runs
     on every step. Returns one :class:`MDResult` per replica (``extra`` holds ``replica``,
-    ``n_replicas`` and ``model_calls``; ``seconds`` is the wall time of the whole batch).
+    ``n_replicas``, ``model_calls`` and the ``final_positions``/``final_momenta``; ``seconds`` is
+    the wall time of the whole batch).
+
+    Continuation: pass one structure per replica (the last positions), ``momenta`` (B, N, 3) and the
+    ``thermostat_rngs`` of the previous call (they advance in place), and a chunked run follows the
+    single long run exactly (tested); long benchmarks use this to save results chunk by chunk.
     See the module docstring for the integrators and the freezing of failed replicas.
     """
     from ttcalc.fast import FastEvaluator
@@ -195,15 +202,27 @@ def run_batched_md(
     n_atoms = len(numbers)
 
     # per-replica initial velocities and thermostat generators, as run_md draws them
-    momenta, thermostat_rngs = [], []
+    drawn_momenta, drawn_rngs = [], []
     initial = temperature_K if initial_temperature_K is None else initial_temperature_K
     for start, seed in zip(starts, seeds):
         velocity_seed, thermostat_seed = np.random.SeedSequence(seed).spawn(2)
-        _initial_velocities(start, initial, np.random.default_rng(velocity_seed))
-        momenta.append(start.get_momenta())
-        thermostat_rngs.append(np.random.default_rng(thermostat_seed))
+        if momenta is None:
+            _initial_velocities(start, initial, np.random.default_rng(velocity_seed))
+            drawn_momenta.append(start.get_momenta())
+        drawn_rngs.append(np.random.default_rng(thermostat_seed))
+    if momenta is not None:
+        momenta = np.asarray(momenta, dtype=np.float64)
+        if momenta.shape != (n_replicas, len(starts[0]), 3):
+            raise ValueError(f"run_batched_md: momenta must have shape {(n_replicas, len(starts[0]), 3)}, "
+                             f"got {momenta.shape}")
+    else:
+        momenta = np.stack(drawn_momenta)
+    if thermostat_rngs is None:
+        thermostat_rngs = drawn_rngs
+    elif len(thermostat_rngs) != n_replicas:
+        raise ValueError(f"run_batched_md: {len(thermostat_rngs)} thermostat generators for {n_replicas} replicas")
     pos = torch.as_tensor(np.stack([a.positions for a in starts]), dtype=torch.float64)
-    mom = torch.as_tensor(np.stack(momenta), dtype=torch.float64)
+    mom = torch.as_tensor(momenta, dtype=torch.float64)
     parked = pos.clone()  # where frozen replicas wait: finite, valid input for the shared call
 
     if ensemble == "nvt":
@@ -323,7 +342,8 @@ def run_batched_md(
             seed=seeds[k],
             log_interval=int(log_interval),
             extra={"replica": k, "n_replicas": n_replicas, "model_calls": calls,
-                   "compiled": bool(evaluator.compiled)},
+                   "compiled": bool(evaluator.compiled), "final_positions": pos[k].numpy().copy(),
+                   "final_momenta": mom[k].numpy().copy()},
         ))
     return results
 

@@ -184,3 +184,25 @@ def test_cpp_wrapper_option_is_exact(tiny_model_path, benzene):
     e_ref, _, f_ref = FastEvaluator(model32, benzene.numbers, replicas=2, compile=False)(moved)
     assert float((f_fast - f_ref).abs().max()) <= 1e-4 * float(f_ref.abs().max())
     assert ev.n_compiles == 1
+
+
+@pytest.mark.parametrize("ensemble", ["nve", "nvt"])
+def test_chunked_continuation_equals_one_long_run(model64, benzene, ensemble):
+    kw = dict(ensemble=ensemble, temperature_K=500, timestep_fs=0.5, log_interval=10, checks=(),
+              compile=False, progress=False, seeds=[3, 4])
+    whole = run_batched_md(benzene, model64, 2, time_ps=0.04, **kw)
+    # the same two replicas in two chunks of 40 steps: positions, momenta and thermostat streams carried
+    rngs = [np.random.default_rng(np.random.SeedSequence(s).spawn(2)[1]) for s in (3, 4)]
+    first = run_batched_md(benzene, model64, 2, time_ps=0.02, thermostat_rngs=rngs, **kw)
+    starts = []
+    for r in first:
+        a = benzene.copy()
+        a.positions = r.extra["final_positions"]
+        starts.append(a)
+    momenta = np.stack([r.extra["final_momenta"] for r in first])
+    second = run_batched_md(starts, model64, 2, time_ps=0.02, momenta=momenta, thermostat_rngs=rngs, **kw)
+    for w, s in zip(whole, second):
+        np.testing.assert_allclose(s.extra["final_positions"], w.extra["final_positions"], atol=1e-10)
+        np.testing.assert_allclose(s.frames[-1], w.frames[-1], atol=1e-10)
+    with pytest.raises(ValueError, match="momenta must have shape"):
+        run_batched_md(benzene, model64, 2, time_ps=0.001, momenta=np.zeros((1, 12, 3)), **kw)
