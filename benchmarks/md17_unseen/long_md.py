@@ -1,0 +1,133 @@
+"""Long MD of the MD17 protocol with batched replicas, saved chunk by chunk.
+
+Seeds of one model and molecule are integrated together (``md_protocols.run_batched_md``: one model
+call per step for all replicas) in chunks of ``--chunk-ps``; positions, momenta and thermostat
+streams carry over exactly between chunks, and after every chunk the results so far (stability time
+per seed by the Fu et al. bond criterion, h(r) MAE against all rMD17 frames, NVE drift) are written
+atomically, so a stopped run keeps what it simulated.
+
+    python benchmarks/md17_unseen/long_md.py --model MODEL.pt --molecule naphthalene \
+        --ensemble nvt --seeds 3 --time-ps 100 --out benchmarks/md17_unseen/results/TAG/long
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from md_protocols import BondCollapseCheck, bonds_stability, hr, hr_mae, nve_drift, run_md, stability_summary
+from md_protocols.batched import run_batched_md
+from md_protocols.report import write_json_atomic
+from ttcalc import load_model
+from ttcalc.bench import load_prior
+from ttcalc.data import load_rmd17, rmd17_arrays
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="MLIP checkpoint: replicas integrated together, in chunks")
+    src.add_argument("--prior", help="a prior spec (e.g. sgdml-file:PATH, xtb): ASE run_md per seed")
+    p.add_argument("--label", default=None, help="variant name in the output (default: model file stem)")
+    p.add_argument("--molecule", required=True)
+    p.add_argument("--ensemble", choices=["nvt", "nve"], default="nvt")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--time-ps", type=float, default=100.0)
+    p.add_argument("--chunk-ps", type=float, default=5.0)
+    p.add_argument("--log-interval", type=int, default=20)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    label = args.label or Path(args.model or args.prior.split(":")[-1]).stem
+    out = Path(args.out) / f"{args.molecule}-{label}-{args.ensemble}.json"
+    ref_pos = np.asarray(rmd17_arrays(args.molecule).R)
+    r, h_ref = hr(ref_pos)
+    start = load_rmd17(args.molecule, "test_01", n=1, seed=0)[0]  # the bench's starting frame
+    start.calc = None
+    check = BondCollapseCheck(ref_pos, numbers=start.numbers)
+    seeds = list(range(args.seeds))
+    rngs = [np.random.default_rng(np.random.SeedSequence(s).spawn(2)[1]) for s in seeds]
+    frames = {s: [] for s in seeds}
+    energies = {s: ([], []) for s in seeds}  # times, total energies
+    status = {s: "running" for s in seeds}
+    stop_ps = {s: None for s in seeds}
+    alive, structures, momenta = list(seeds), {s: start.copy() for s in seeds}, None
+    done_ps, t0 = 0.0, time.perf_counter()
+    if args.prior:  # cheap priors: one ASE trajectory per seed (run_md's seeding, as the replicas)
+        calc = load_prior(args.prior).as_calculator()
+        for s in seeds:
+            rr = run_md(start, calc, ensemble=args.ensemble, temperature_K=500.0, timestep_fs=0.5,
+                        time_ps=args.time_ps, friction_per_fs=0.01, seed=s, log_interval=args.log_interval,
+                        checks=[check], progress=False)
+            frames[s], energies[s] = list(rr.frames), (rr.times_ps.tolist(), rr.energies["total"].tolist())
+            if rr.status != "finished":
+                alive.remove(s)
+                status[s], stop_ps[s] = rr.status, rr.time_ps
+        done_ps = args.time_ps
+        write_json_atomic(out, summarise(args, label, frames, energies, status, stop_ps, done_ps, alive,
+                                         ref_pos, start, r, h_ref, time.perf_counter() - t0))
+        print(out.read_text())
+        return
+    model = load_model(args.model)
+    while done_ps < args.time_ps - 1e-9 and alive:
+        chunk = min(args.chunk_ps, args.time_ps - done_ps)
+        res = run_batched_md([structures[s] for s in alive], model, len(alive), ensemble=args.ensemble,
+                             temperature_K=500.0, timestep_fs=0.5, time_ps=chunk, friction_per_fs=0.01,
+                             seeds=alive, log_interval=args.log_interval, checks=[check], progress=False,
+                             momenta=momenta, thermostat_rngs=[rngs[s] for s in alive])
+        still = []
+        for s, rr in zip(alive, res):
+            skip = 1 if frames[s] else 0  # a chunk's first frame is the previous chunk's last
+            frames[s] += list(rr.frames[skip:])
+            energies[s][0].extend((rr.times_ps[skip:] + done_ps).tolist())
+            energies[s][1].extend(rr.energies["total"][skip:].tolist())
+            if rr.status == "finished":
+                still.append(s)
+                a = start.copy()
+                a.positions = rr.extra["final_positions"]
+                structures[s] = a
+            else:
+                status[s], stop_ps[s] = rr.status, done_ps + rr.time_ps
+        momenta = (np.stack([r_.extra["final_momenta"] for s, r_ in zip(alive, res) if s in still])
+                   if still else None)
+        alive = still
+        done_ps += chunk
+        write_json_atomic(out, summarise(args, label, frames, energies, status, stop_ps, done_ps, alive,
+                                         ref_pos, start, r, h_ref, time.perf_counter() - t0))
+        logging.info("%s %s %s: %.1f ps done, %d/%d seeds running (%.0f s)", args.molecule, label,
+                     args.ensemble, done_ps, len(alive), len(seeds), time.perf_counter() - t0)
+    print(out.read_text())
+
+
+def summarise(args, label, frames, energies, status, stop_ps, done_ps, alive, ref_pos, start, r, h_ref,
+              seconds) -> dict:
+    runs = []
+    interval_fs = args.log_interval * 0.5
+    for s in frames:
+        f = np.asarray(frames[s])
+        entry = {"seed": s, "status": "finished" if s in alive and done_ps >= args.time_ps - 1e-9 else
+                 ("running" if s in alive else status[s]),
+                 "simulated_ps": done_ps if s in alive else stop_ps[s]}
+        # frames k = 0..T-1 stand for k·interval; a fully stable run counts its simulated time
+        stable = (bonds_stability(f, ref_pos, numbers=start.numbers, frame_interval_fs=interval_fs)
+                  if len(f) > 1 else 0.0)
+        entry["stable_ps"] = min(stable, entry["simulated_ps"])
+        if len(f) > 1:
+            entry["hr_mae"] = hr_mae(hr(f)[1], h_ref, r)
+        if args.ensemble == "nve" and len(energies[s][0]) > 2:
+            entry["drift"] = nve_drift(np.asarray(energies[s][0]), np.asarray(energies[s][1]), len(start))
+        runs.append(entry)
+    stable = [e["stable_ps"] for e in runs]
+    maes = [e["hr_mae"] for e in runs if "hr_mae" in e]
+    return {"model": args.model or args.prior, "label": label, "molecule": args.molecule, "ensemble": args.ensemble,
+            "temperature_K": 500.0, "timestep_fs": 0.5, "friction_per_fs": 0.01, "target_ps": args.time_ps,
+            "simulated_ps": done_ps, "seconds": seconds, "runs": runs,
+            "stability": stability_summary(stable, full_time_ps=args.time_ps),
+            "hr_mae_mean": float(np.mean(maes)) if maes else None}
+
+
+if __name__ == "__main__":
+    main()
