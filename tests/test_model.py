@@ -83,7 +83,8 @@ def test_stress_matches_numerical_stress():
 
 def test_parameter_groups_and_freezing(model64):
     groups = model64.parameter_groups()
-    assert set(groups) == {"representation", "main", "prior", "adaptable"}
+    assert set(groups) == {"representation", "main", "prior", "adaptable", "properties"}
+    assert groups["properties"] == []  # no property heads on a force-field model
     assert set(groups["adaptable"]) < set(groups["representation"])
     assert all(n.startswith(("representation.net.tensor_embedding.", "representation.net.layers.0."))
                for n in groups["adaptable"])
