@@ -311,3 +311,19 @@ def test_radius_refinement_is_applied_once_and_conserves_energy(tiny_model_path,
     assert cutoffs == {5.0}
     assert dev_rr < 0.01 * ekin_rr, (dev_rr, ekin_rr)
     assert dev_fixed < 0.01 * ekin_fixed, (dev_fixed, ekin_fixed)
+
+
+def test_offset_free_energy_loss_ignores_a_constant_energy_shift():
+    import torch
+
+    from ttcalc.losses import LossWeights, energy_force_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred = {"energy": torch.randn(6, generator=g), "forces": torch.randn(6 * 5, 3, generator=g)}
+    e, f, n = torch.randn(6, generator=g), torch.randn(6 * 5, 3, generator=g), torch.full((6,), 5)
+    w = LossWeights()
+    free = energy_force_loss(pred, e, f, n, w, offset_free=True)[0]
+    assert torch.allclose(energy_force_loss(pred, e + 830.0, f, n, w, offset_free=True)[0], free)
+    assert energy_force_loss(pred, e + 830.0, f, n, w)[0] > 1000 * free  # the absolute loss is swamped
+    # a non-constant energy error still counts
+    assert energy_force_loss(pred, e + torch.arange(6.0), f, n, w, offset_free=True)[0] > free

@@ -48,6 +48,8 @@ class TTTConfig:
     batch_size: int = 8
     energy_weight: float = 1.0
     force_weight: float = 10.0
+    #: fit energies up to a constant (the new molecule's energy zero is not the references')
+    energy_offset_free: bool = True
     # frames
     frames: Literal["md", "rattle", "normal_modes"] = "md"
     n_frames: int = 48
@@ -266,10 +268,10 @@ def make_frames(atoms_or_frames, prior, cfg: TTTConfig) -> tuple[list[Atoms], st
 
 
 # --- the adaptation loop ------------------------------------------------------------------------------
-def _loss(model, batch, weights: LossWeights, create_graph: bool):
-    """Prior-head loss L_P (:func:`ttcalc.losses.energy_force_loss`) of a labelled batch."""
+def _loss(model, batch, weights: LossWeights, create_graph: bool, offset_free: bool = True):
+    """Prior-head loss L_P (:func:`ttcalc.losses.energy_force_loss`) of a labelled batch of one system."""
     pred = model(batch, heads=("prior",), create_graph=create_graph)["prior"]
-    return energy_force_loss(pred, batch.energy, batch.forces, batch.n_atoms, weights)
+    return energy_force_loss(pred, batch.energy, batch.forces, batch.n_atoms, weights, offset_free=offset_free)
 
 
 def _mean_disagreement(model, batch) -> float:
@@ -314,7 +316,7 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
     model.set_trainable("adaptable")
     try:
         def val_loss() -> float:
-            return float(_loss(model, val_batch, weights, create_graph=False)[0].detach())
+            return float(_loss(model, val_batch, weights, False, cfg.energy_offset_free)[0].detach())
 
         start = val_loss()
         disagreement_before = _mean_disagreement(model, val_batch)
@@ -339,7 +341,7 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
             idx = rng.choice(n_train, size=min(cfg.batch_size, n_train), replace=False)
             batch = collate([train[i] for i in idx], model.cutoff, dtype=dtype, device=device, labels=True)
             opt.zero_grad(set_to_none=True)
-            loss, _ = _loss(model, batch, weights, create_graph=True)
+            loss, _ = _loss(model, batch, weights, True, cfg.energy_offset_free)
             if not torch.isfinite(loss):
                 reason = "non-finite loss: rolled back"
                 break

@@ -20,9 +20,18 @@ class LossWeights:
 
 
 def energy_force_loss(pred: dict[str, Tensor], energy: Tensor, forces: Tensor, n_atoms: Tensor,
-                      weights: LossWeights) -> tuple[Tensor, dict[str, float]]:
-    """Weighted loss and its parts (energy MSE per atom², force MSE) in eV² and (eV/Å)²."""
-    e_mse = (((pred["energy"] - energy) / n_atoms.to(energy.dtype)) ** 2).mean()
+                      weights: LossWeights, offset_free: bool = False) -> tuple[Tensor, dict[str, float]]:
+    """Weighted loss and its parts (energy MSE per atom², force MSE) in eV² and (eV/Å)².
+
+    ``offset_free=True`` (frames of one system only) removes the mean energy error of the batch
+    first, i.e. fits energies up to one constant: what TTT needs on a molecule whose composition
+    the element references never saw, where the prior's energy zero and the model's differ by an
+    arbitrary constant (hundreds of eV for rMD17 references fitted on three compositions).
+    """
+    e_err = (pred["energy"] - energy) / n_atoms.to(energy.dtype)
+    if offset_free:
+        e_err = e_err - e_err.mean()
+    e_mse = (e_err ** 2).mean()
     f_mse = ((pred["forces"] - forces) ** 2).mean()
     loss = weights.energy * e_mse + weights.forces * f_mse
     return loss, {"energy_mse": float(e_mse.detach()), "forces_mse": float(f_mse.detach())}
