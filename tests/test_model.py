@@ -161,3 +161,16 @@ def test_equivariant_transformer_option_is_conservative_and_invariant(tmp_path):
     np.testing.assert_allclose(f1, f0 @ R.T, atol=1e-8)
     loaded = MultiHeadPotential.load(m.save(tmp_path / "et.pt"))
     assert _energy_forces(loaded, atoms)[0] == e0
+
+
+@pytest.mark.parametrize("name,prior", [("md17-abu", "xtb"), ("md17-abu-sgdml", "sgdml")])
+def test_shipped_models_load_with_their_training_statistics(name, prior):
+    from ttcalc import load_pretrained
+
+    model = load_pretrained(name)
+    assert isinstance(model, MultiHeadPotential)
+    assert set(model.heads) == {"main", "prior"}
+    assert model.stats.molecules == ["aspirin", "benzene", "uracil"] and model.stats.prior == prior
+    assert model.stats.spectrum is not None and model.stats.prior_loss is not None
+    with pytest.raises(KeyError, match="available"):
+        load_pretrained("md17-everything")

@@ -4,7 +4,9 @@
 name           what it is
 =============  ==============================================================================
 ``md17-abu``   TensorNet trained on rMD17 aspirin, benzene and uracil (main head: PBE/def2-SVP,
-               prior head: GFN2-xTB); see ``md17-abu.md`` beside this file for its model card.
+               prior head: GFN2-xTB, so TTT needs no labels); model card: ``md17-abu.md``.
+``md17-abu-sgdml``  the same architecture and data with an sGDML prior head (TTT on a new molecule
+               needs an sGDML model fitted to a few labelled frames of it); same model card.
 =============  ==============================================================================
 """
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-PRETRAINED = {"md17-abu": "md17-abu.pt"}
+PRETRAINED = {"md17-abu": "md17-abu.pt", "md17-abu-sgdml": "md17-abu-sgdml.pt"}
+#: the config that rebuilds each shipped model
+CONFIGS = {"md17-abu": "benchmarks/md17_unseen/train_xtb.toml",
+           "md17-abu-sgdml": "benchmarks/md17_unseen/train_sgdml.toml"}
 
 
 def pretrained_path(name: str) -> Path:
@@ -23,7 +28,7 @@ def pretrained_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained model {name!r} is not in this installation ({path}); build it with "
-            f"`ttcalc train --config benchmarks/md17_unseen/train.toml`"
+            f"`ttcalc train --config {CONFIGS[name]}`"
         )
     return path
 
