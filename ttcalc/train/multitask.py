@@ -23,7 +23,8 @@ from ..batch import collate
 from ..losses import LossWeights, energy_force_loss
 from ..model import MultiHeadPotential
 from .config import StageConfig
-from .trainer import StageMonitor, StageResult, Targets, _label_tensors, optimiser_step, size_bucketed_batches
+from .trainer import (StageMonitor, StageResult, Targets, _label_tensors, make_optimiser, optimiser_step,
+                      size_bucketed_batches)
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,7 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
     """
     if not tasks:
         raise ValueError("train_multitask needs at least one task")
-    model.set_trainable(*groups)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{name}: no trainable parameters in groups {groups}")
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience,
-                                                       min_lr=cfg.min_lr)
+    params, opt, sched = make_optimiser(model, groups, cfg, name)
     rng = np.random.default_rng(seed)
     streams = [t.cycle(rng) for t in tasks[1:]]
 

@@ -111,6 +111,18 @@ def _label_tensors(t: Targets, idx: Sequence[int], batch: Batch) -> tuple[torch.
     return e, f
 
 
+def make_optimiser(model: MultiHeadPotential, groups: Sequence[str], cfg: StageConfig, name: str):
+    """Make exactly ``groups`` trainable; Adam on them and the plateau schedule of ``cfg``."""
+    model.set_trainable(*groups)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{name}: no trainable parameters in groups {groups}")
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience,
+                                                       min_lr=cfg.min_lr)
+    return params, opt, sched
+
+
 def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, grad_clip: float,
                    name: str, epoch: int, world: int = 1) -> None:
     """Backward, (data-parallel gradient average), global-norm clipping and one optimiser step."""
@@ -204,13 +216,7 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     rank, world = _world()
     head_weights = head_weights or {h: 1.0 for h in train_targets}
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
-    model.set_trainable(*groups)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{name}: no trainable parameters in groups {groups}")
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience,
-                                                       min_lr=cfg.min_lr)
+    params, opt, sched = make_optimiser(model, groups, cfg, name)
     rng = np.random.default_rng(seed)
     sizes = np.array([len(a) for a in train_frames])
     evaluate = lambda: evaluate_loss(model, val_frames, val_targets, head_weights, weights)  # noqa: E731
