@@ -73,3 +73,5 @@ def test_wasserstein_hand_checked():
     assert wasserstein_1(big_a, big_b, max_points=1000) == pytest.approx(0.5, abs=0.1)
     with pytest.raises(ValueError, match="same d"):
         wasserstein_1(A, A[:, :2])
+    # paired clouds larger than max_points keep the same rows: identical features give exactly 0
+    assert wasserstein_1(big_a, big_a.copy(), max_points=1000) == 0.0

@@ -75,7 +75,9 @@ def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
 def wasserstein_1(a: np.ndarray, b: np.ndarray, max_points: int = 5000, seed: int = 0) -> float:
     """Exact 1-Wasserstein distance between two point clouds with uniform weights (POT, Euclidean cost).
 
-    Each cloud is subsampled to ``max_points`` (seeded) to keep the n² cost matrix tractable.
+    Each cloud is subsampled to ``max_points`` (seeded) to keep the n² cost matrix tractable; clouds
+    of equal size are taken as paired (the same atoms' features from two models) and keep the same
+    rows, so identical representations give exactly 0.
     """
     import ot
 
@@ -83,8 +85,12 @@ def wasserstein_1(a: np.ndarray, b: np.ndarray, max_points: int = 5000, seed: in
     B = np.asarray(b, dtype=np.float64)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"need two (n, d) arrays with the same d, got {A.shape} and {B.shape}")
-    A = A[subsample(len(A), max_points, seed)]
-    B = B[subsample(len(B), max_points, seed + 1)]
+    if len(A) == len(B):  # paired clouds (the same atoms before and after): the same subset of both
+        keep = subsample(len(A), max_points, seed)
+        A, B = A[keep], B[keep]
+    else:
+        A = A[subsample(len(A), max_points, seed)]
+        B = B[subsample(len(B), max_points, seed + 1)]
     M = ot.dist(A, B, metric="euclidean")
     return float(ot.emd2(ot.unif(len(A)), ot.unif(len(B)), M, numItermax=10_000_000))
 
