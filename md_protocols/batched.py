@@ -163,12 +163,12 @@ def run_batched_md(
     ``check_interval`` steps (default ``log_interval``); None means a :class:`BondCollapseCheck`
     against the starting structure (threshold 0.5 Å); ``()`` disables them. The finite check runs
     on every step. Returns one :class:`MDResult` per replica (``extra`` holds ``replica``,
-    ``n_replicas``, ``model_calls`` and the ``final_positions``/``final_momenta``; ``seconds`` is
-    the wall time of the whole batch).
+    ``n_replicas``, ``model_calls``, the ``final_positions``/``final_momenta`` and the replica's
+    ``thermostat_rng``; ``seconds`` is the wall time of the whole batch).
 
     Continuation: pass one structure per replica (the last positions), ``momenta`` (B, N, 3) and the
-    ``thermostat_rngs`` of the previous call (they advance in place), and a chunked run follows the
-    single long run exactly (tested); long benchmarks use this to save results chunk by chunk.
+    ``thermostat_rng`` generators the previous call returned, and a chunked run follows the single
+    long run exactly (tested); long benchmarks use this to save results chunk by chunk.
     See the module docstring for the integrators and the freezing of failed replicas.
     """
     from ttcalc.fast import FastEvaluator
@@ -343,7 +343,7 @@ def run_batched_md(
             log_interval=int(log_interval),
             extra={"replica": k, "n_replicas": n_replicas, "model_calls": calls,
                    "compiled": bool(evaluator.compiled), "final_positions": pos[k].numpy().copy(),
-                   "final_momenta": mom[k].numpy().copy()},
+                   "final_momenta": mom[k].numpy().copy(), "thermostat_rng": thermostat_rngs[k]},
         ))
     return results
 

@@ -192,8 +192,8 @@ def test_chunked_continuation_equals_one_long_run(model64, benzene, ensemble):
               compile=False, progress=False, seeds=[3, 4])
     whole = run_batched_md(benzene, model64, 2, time_ps=0.04, **kw)
     # the same two replicas in two chunks of 40 steps: positions, momenta and thermostat streams carried
-    rngs = [np.random.default_rng(np.random.SeedSequence(s).spawn(2)[1]) for s in (3, 4)]
-    first = run_batched_md(benzene, model64, 2, time_ps=0.02, thermostat_rngs=rngs, **kw)
+    first = run_batched_md(benzene, model64, 2, time_ps=0.02, **kw)
+    rngs = [r.extra["thermostat_rng"] for r in first]
     starts = []
     for r in first:
         a = benzene.copy()

@@ -23,16 +23,30 @@ from torch import Tensor, nn
 from .tmdnet import act_class_mapping
 
 
+def mlp(in_features: int, hidden: Sequence[int], out: int, activation: str, dtype: torch.dtype) -> nn.Sequential:
+    """Linear-act-...-Linear with the given hidden widths."""
+    act = act_class_mapping[activation]
+    layers, width = [], in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h, dtype=dtype), act()]
+        width = h
+    layers.append(nn.Linear(width, out, dtype=dtype))
+    return nn.Sequential(*layers)
+
+
+def segment_sum(values: Tensor, index: Tensor, n: int) -> Tensor:
+    """Σ over atoms of each structure: (n_atoms, ...) -> (n, ...)."""
+    out = torch.zeros((n,) + values.shape[1:], dtype=values.dtype, device=values.device)
+    return out.index_add(0, index, values)
+
+
 class EnergyHead(nn.Module):
     """Per-atom energy MLP with element references and a scale."""
 
     def __init__(self, in_features: int, hidden: int, max_z: int, activation: str = "silu",
                  dtype: torch.dtype = torch.float32):
         super().__init__()
-        act = act_class_mapping[activation]
-        self.mlp = nn.Sequential(
-            nn.Linear(in_features, hidden, dtype=dtype), act(), nn.Linear(hidden, 1, dtype=dtype)
-        )
+        self.mlp = mlp(in_features, (hidden,), 1, activation, dtype)
         self.register_buffer("element_energy", torch.zeros(max_z, dtype=dtype))
         self.register_buffer("scale", torch.ones((), dtype=dtype))
 
@@ -107,23 +121,6 @@ class PropertyHeadConfig:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
-
-
-def mlp(in_features: int, hidden: Sequence[int], out: int, activation: str, dtype: torch.dtype) -> nn.Sequential:
-    """Linear-act-...-Linear with the given hidden widths."""
-    act = act_class_mapping[activation]
-    layers, width = [], in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h, dtype=dtype), act()]
-        width = h
-    layers.append(nn.Linear(width, out, dtype=dtype))
-    return nn.Sequential(*layers)
-
-
-def segment_sum(values: Tensor, index: Tensor, n: int) -> Tensor:
-    """Σ over atoms of each structure: (n_atoms, ...) -> (n, ...)."""
-    out = torch.zeros((n,) + values.shape[1:], dtype=values.dtype, device=values.device)
-    return out.index_add(0, index, values)
 
 
 class PropertyHead(nn.Module):

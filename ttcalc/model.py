@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .batch import Batch
 from .graph import build_graph, edge_geometry
-from .heads import EnergyHead, PropertyHead, PropertyHeadConfig
+from .heads import EnergyHead, PropertyHead, PropertyHeadConfig, segment_sum
 from .representation import Representation, RepresentationConfig, tensornet_features_dense
 
 log = logging.getLogger(__name__)
@@ -265,8 +265,7 @@ class MultiHeadPotential(nn.Module):
             out: dict[str, dict[str, Tensor]] = {}
             for k, h in enumerate(heads):
                 e_atom = self.heads[h](x, batch.z)
-                energy = torch.zeros(batch.n_structures, dtype=e_atom.dtype, device=e_atom.device)
-                energy = energy.index_add(0, batch.batch, e_atom)
+                energy = segment_sum(e_atom, batch.batch, batch.n_structures)
                 res = {"energy": energy, "energies": e_atom}
                 if need_grad:
                     inputs = [pos] + ([strain] if stress else [])

@@ -49,7 +49,7 @@ def main() -> None:
     start.calc = None
     check = BondCollapseCheck(ref_pos, numbers=start.numbers)
     seeds = list(range(args.seeds))
-    rngs = [np.random.default_rng(np.random.SeedSequence(s).spawn(2)[1]) for s in seeds]
+    rngs = {}  # thermostat generators, from the first chunk on (run_batched_md seeds them)
     frames = {s: [] for s in seeds}
     energies = {s: ([], []) for s in seeds}  # times, total energies
     status = {s: "running" for s in seeds}
@@ -77,9 +77,10 @@ def main() -> None:
         res = run_batched_md([structures[s] for s in alive], model, len(alive), ensemble=args.ensemble,
                              temperature_K=500.0, timestep_fs=0.5, time_ps=chunk, friction_per_fs=0.01,
                              seeds=alive, log_interval=args.log_interval, checks=[check], progress=False,
-                             momenta=momenta, thermostat_rngs=[rngs[s] for s in alive])
+                             momenta=momenta, thermostat_rngs=[rngs[s] for s in alive] if rngs else None)
         still = []
         for s, rr in zip(alive, res):
+            rngs[s] = rr.extra["thermostat_rng"]
             skip = 1 if frames[s] else 0  # a chunk's first frame is the previous chunk's last
             frames[s] += list(rr.frames[skip:])
             energies[s][0].extend((rr.times_ps[skip:] + done_ps).tolist())

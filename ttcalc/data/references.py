@@ -115,8 +115,12 @@ def fit_element_constants(
     if elements is None:
         elements = np.unique(np.concatenate([_numbers(s) for s in structures]))
     elements = np.asarray(sorted(set(int(z) for z in elements)), dtype=np.int64)
-    X = composition_matrix(structures, elements)
-    if intensive:
-        X = X / X.sum(axis=1, keepdims=True)
-    p, *_ = np.linalg.lstsq(X, y, rcond=None)
+    p, *_ = np.linalg.lstsq(element_constant_design(structures, elements, intensive), y, rcond=None)
     return elements, p
+
+
+def element_constant_design(structures: Sequence[Atoms | Iterable[int]], elements: Sequence[int],
+                            intensive: bool) -> np.ndarray:
+    """The matrix X of y ≈ X p(Z): element counts (extensive) or composition fractions (intensive)."""
+    X = composition_matrix(structures, elements)
+    return X / X.sum(axis=1, keepdims=True) if intensive else X

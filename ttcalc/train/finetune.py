@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..data.references import fit_element_constants
+from ..data.references import element_constant_design, fit_element_constants
 from ..heads import PropertyHeadConfig
 from ..losses import LossWeights
 from ..model import MultiHeadPotential
@@ -75,10 +75,7 @@ def install_property_statistics(model: MultiHeadPotential, name: str, frames: Se
     if cfg.element_bias:
         elements, p = fit_element_constants(frames, y, intensive=cfg.intensive)
         table[elements] = p
-        counts = [np.bincount(a.numbers, minlength=max_z) for a in frames]
-        X = np.array(counts, dtype=np.float64)
-        X = X / X.sum(1, keepdims=True) if cfg.intensive else X
-        resid = y - X @ table
+        resid = y - element_constant_design(frames, elements, cfg.intensive) @ p
     else:
         n = np.array([len(a) for a in frames], dtype=np.float64)[:, None]
         const = y.mean(0) if cfg.intensive else (y / n).mean(0)
@@ -110,9 +107,7 @@ def finetune_tasks(model: MultiHeadPotential, head: PropertyHeadConfig, train_fr
     """Install the head's statistics and return the regime's training tasks and trainable groups:
     the property loss (in units of the label spread), plus λ_reg × the force-field loss for MFT."""
     install_property_statistics(model, head.name, train_frames, train_values)
-    scale = np.std(np.asarray(train_values, dtype=np.float64).reshape(len(train_frames), -1), axis=0)
-    tasks = [property_task(head.name, train_frames, train_values, head.name,
-                           batch_size=cfg.stage.batch_size, scale=scale)]
+    tasks = [property_task(head.name, train_frames, train_values, head.name, batch_size=cfg.stage.batch_size)]
     groups = {"scratch": ["representation", head.name], "ft": ["representation", head.name],
               "lp": [head.name], "mft": ["representation", head.name, cfg.ff_head]}[cfg.regime]
     if cfg.regime == "mft":
@@ -140,8 +135,8 @@ def finetune_property(pretrained: MultiHeadPotential, head: PropertyHeadConfig, 
                              f"{list(pretrained.heads)})")
     model = build_model(pretrained, cfg.regime, head, cfg.seed)
     tasks, groups = finetune_tasks(model, head, train_frames, train_values, cfg, ff_frames)
-    scale = np.std(np.asarray(train_values, dtype=np.float64).reshape(len(train_frames), -1), axis=0)
-    val = property_task(head.name, val_frames, val_values, head.name, scale=scale)
+    # validation in the same units as training: the spread of the training labels
+    val = property_task(head.name, val_frames, val_values, head.name, scale=tasks[0].scale)
     result = train_multitask(model, tasks, [val], groups, cfg.stage, name=f"{cfg.regime}:{head.name}",
                              log_path=log_path, seed=cfg.seed, progress=progress)
     return model, result

@@ -60,6 +60,7 @@ class Task:
             raise ValueError(f"task {name!r}: batch_size must be >= 1")
         self.name, self.frames, self.loss_fn = name, list(frames), loss_fn
         self.weight, self.batch_size = float(weight), int(batch_size)
+        self.scale: np.ndarray | None = None  # the label spread of a property task (see property_task)
         self.sizes = np.array([len(a) for a in self.frames])
 
     def loss(self, model: MultiHeadPotential, idx: Sequence[int], lr_ratio: float = 1.0,
@@ -118,7 +119,9 @@ def property_task(name: str, frames: Sequence[Atoms], values: np.ndarray, head: 
         s = torch.as_tensor(sigma, dtype=pred.dtype, device=pred.device)
         return (((pred - target) / s) ** 2).mean()
 
-    return Task(name, frames, loss_fn, weight, batch_size)
+    task = Task(name, frames, loss_fn, weight, batch_size)
+    task.scale = sigma  # a validation task can reuse it, so both losses share one unit
+    return task
 
 
 def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks: Sequence[Task],
