@@ -117,3 +117,17 @@ def test_init_checkpoint_skips_pretraining_and_takes_its_weights(tmp_path):
             assert torch.equal(a[k], b[k]), k
     with pytest.raises(ValueError, match="main_head_init"):
         TrainConfig.from_dict({"main_head_init": "copy"})
+
+
+def test_joint_warm_start_begins_from_the_checkpoint(tmp_path):
+    cfg = _small("pretrain-freeze-finetune", tmp_path)
+    first, _ = train_model(cfg, progress=False)
+    cfg2 = _small("joint", tmp_path)
+    cfg2.init_checkpoint = cfg.output
+    cfg2.pretrain = StageConfig(max_epochs=1, batch_size=8, lr=1e-12)  # a no-op step: weights stay put
+    second, report = train_model(cfg2, progress=False)
+    assert set(report["stages"]) == {"joint"}
+    a, b = first.state_dict(), second.state_dict()
+    for k in a:
+        if k.startswith(("representation.", "heads.prior.", "heads.main.")) and a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-8, msg=k)

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="training config (.toml/.yaml)")
     t.add_argument("--output", help="override the output checkpoint path")
     t.add_argument("--init-checkpoint", help="pretrain-freeze-finetune: take the representation and prior "
-                   "head from this checkpoint and skip pretraining")
+                   "head from this checkpoint and skip pretraining; joint: start from all its weights")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

@@ -70,7 +70,8 @@ class TrainConfig:
     #: ("prior", so θM = θP + a learned correction and TTT's changes to the features reach θM the
     #: way they reach θP) or from random weights ("random")
     main_head_init: Literal["random", "prior"] = "random"
-    #: pretrain-freeze-finetune: take θR and θP from this checkpoint and skip the pretraining stage
+    #: pretrain-freeze-finetune: take θR and θP from this checkpoint and skip the pretraining stage;
+    #: joint: start from all of the checkpoint's weights (θR, θP, θM)
     init_checkpoint: str | None = None
     output: str = "runs/model.pt"
     dtype: str = "float32"

@@ -190,6 +190,9 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
     elif cfg.regime == "joint":
         prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
         hw = {"main": 1.0, "prior": cfg.joint_prior_weight}
+        if cfg.init_checkpoint:
+            # warm start (e.g. from a pretrain-freeze-finetune model): every weight, then θR unfrozen
+            load_pretrained_weights(model, cfg.init_checkpoint, ("representation.", "heads.prior.", "heads.main."))
         stages["joint"] = train_stage(model, train, {"main": main_t, "prior": prior_t}, val,
                                       {"main": main_v, "prior": prior_v}, ["representation", "main", "prior"],
                                       cfg.pretrain, head_weights=hw, name="joint", **common)
