@@ -10,6 +10,8 @@ from scipy.spatial.transform import Rotation
 
 from ttcalc.data import load_rmd17
 from ttcalc.spectral import (
+    distribution_distance,
+    spectral_quantiles,
     TrainingSpectrum,
     adjacency,
     build_training_spectrum,
@@ -154,6 +156,8 @@ def test_training_spectrum_round_trip(aspirin_spectrum):
     restored = TrainingSpectrum.from_dict(json.loads(json.dumps(aspirin_spectrum.to_dict())))
     np.testing.assert_array_equal(restored.mean, aspirin_spectrum.mean)
     np.testing.assert_array_equal(restored.distances, aspirin_spectrum.distances)
+    np.testing.assert_array_equal(restored.quantiles, aspirin_spectrum.quantiles)
+    np.testing.assert_array_equal(restored.quantile_distances, aspirin_spectrum.quantile_distances)
     assert (restored.n_pad, restored.radius) == (aspirin_spectrum.n_pad, aspirin_spectrum.radius)
     with pytest.raises(ValueError, match="expected \\(21,\\)"):
         TrainingSpectrum.from_dict({**aspirin_spectrum.to_dict(), "mean": [0.0] * 3})
@@ -163,6 +167,7 @@ def test_default_grid_contains_training_radius():
     grid = default_radius_grid(4.7)
     assert 4.7 in grid.tolist() and grid[0] == pytest.approx(0.6 * 4.7) and grid[-1] == pytest.approx(1.4 * 4.7)
     assert np.all(np.diff(grid) > 0)
+    assert 5.5 in default_radius_grid(5.0).tolist()  # grid points are round numbers, no float noise
 
 
 def test_refine_radius_keeps_training_radius_in_distribution(benzene_spectrum):
@@ -196,11 +201,59 @@ def test_refine_radius_ties_and_larger_structures(benzene_spectrum):
     radius, _ = refine_radius(far, reference, radii=[1.0, 1.5, 2.5, 3.5])
     assert radius == 1.5  # equally close below and above: the smaller one
 
-    # a structure larger than n_pad: the training mean is padded with zeros at the front
+    # eq. 5, a structure larger than n_pad: the training mean is padded with zeros at the front
     aspirin = load_rmd17("aspirin", "test_01", n=1)[0]
-    _, distances = refine_radius(aspirin, benzene_spectrum, radii=[TRAINING_RADIUS])
+    _, distances = refine_radius(aspirin, benzene_spectrum, radii=[TRAINING_RADIUS], metric="padded")
     by_hand = spectral_distance(laplacian_spectrum(aspirin, TRAINING_RADIUS), benzene_spectrum.mean)
+    assert distances[TRAINING_RADIUS] == pytest.approx(by_hand, rel=1e-12)
+    assert benzene_spectrum.distance(aspirin, metric="padded") == pytest.approx(by_hand, rel=1e-12)
+    # the distribution metric: W2^2 between quantile functions, whatever the sizes
+    _, distances = refine_radius(aspirin, benzene_spectrum, radii=[TRAINING_RADIUS])
+    by_hand = distribution_distance(spectral_quantiles(laplacian_spectrum(aspirin, TRAINING_RADIUS)),
+                                    benzene_spectrum.quantiles)
     assert distances[TRAINING_RADIUS] == pytest.approx(by_hand, rel=1e-12)
     assert benzene_spectrum.distance(aspirin) == pytest.approx(by_hand, rel=1e-12)
     with pytest.raises(ValueError, match="positive"):
         refine_radius(aspirin, benzene_spectrum, radii=[0.0, 1.0])
+
+
+def test_spectral_quantiles_do_not_depend_on_size():
+    triangle = laplacian_spectrum(TRIANGLE, RADIUS)  # [0, 1.5, 1.5]
+    np.testing.assert_allclose(spectral_quantiles(triangle, 6), [0.0, 0.0, 1.5, 1.5, 1.5, 1.5], atol=1e-12)
+    two_triangles = np.concatenate([TRIANGLE, TRIANGLE + 50.0])  # two disjoint copies of one graph
+    q1 = spectral_quantiles(triangle)
+    q2 = spectral_quantiles(laplacian_spectrum(two_triangles, RADIUS))
+    assert distribution_distance(q1, q2) < 1e-24
+    # eq. 5 sees the copy as a different graph
+    assert spectral_distance(laplacian_spectrum(two_triangles, RADIUS), triangle) > 1.0
+    chain = spectral_quantiles(laplacian_spectrum(CHAIN, RADIUS))  # [0, 1, 2]
+    assert distribution_distance(q1, chain) == pytest.approx(np.mean((q1 - chain) ** 2))
+    with pytest.raises(ValueError, match="equal length"):
+        distribution_distance(q1, q1[:10])
+    with pytest.raises(ValueError, match="empty"):
+        spectral_quantiles(np.zeros(0))
+
+
+def test_mixed_size_training_set_keeps_its_own_molecules_near_the_training_radius():
+    """Why "distribution" is the default: with training molecules of different sizes, eq. 5's padding
+    makes a larger training molecule look disconnected-to-be, and radius refinement shrinks its cutoff."""
+    train = {m: load_rmd17(m, "train_01", n=30, seed=0) for m in ("aspirin", "benzene", "uracil")}
+    spectrum = build_training_spectrum([a for frames in train.values() for a in frames], TRAINING_RADIUS)
+    assert spectrum.metric == "distribution"
+    aspirin = load_rmd17("aspirin", "test_01", n=10, seed=1)
+    padded = np.array([refine_radius(a, spectrum, metric="padded")[0] for a in aspirin])
+    dist = np.array([refine_radius(a, spectrum)[0] for a in aspirin])
+    assert np.all(padded <= 3.5)  # a training molecule pushed 1.5 Å or more below its cutoff
+    assert np.all(np.abs(dist - TRAINING_RADIUS) <= 0.75) and abs(dist.mean() - TRAINING_RADIUS) <= 0.3
+
+
+def test_old_training_spectrum_without_quantiles_uses_eq5(aspirin_spectrum):
+    old = {k: v for k, v in aspirin_spectrum.to_dict().items() if not k.startswith("quantile")}
+    restored = TrainingSpectrum.from_dict(old)
+    assert restored.metric == "padded" and restored.quantiles is None
+    frame = load_rmd17("aspirin", "test_01", n=1)[0]
+    assert refine_radius(frame, restored) == refine_radius(frame, aspirin_spectrum, metric="padded")
+    with pytest.raises(ValueError, match="no quantiles"):
+        restored.distance(frame, metric="distribution")
+    with pytest.raises(ValueError, match="unknown spectral metric"):
+        aspirin_spectrum.distance(frame, metric="l2")

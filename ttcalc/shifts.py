@@ -198,9 +198,10 @@ def force_norm_shift(atoms: Atoms, stats: TrainingStats, prior: Prior | None, n_
 
 
 def connectivity_shift(atoms: Atoms, stats: TrainingStats, n_std: float = 1.0) -> ShiftItem:
-    """Connectivity: eq. 5 spectral distance at the training cutoff vs the training distances
-    (z one-sided, percentile among the training distances); the detail adds how many atom pairs
-    are edges and the radius that radius refinement (sec. 4) would choose."""
+    """Connectivity: spectral distance at the training cutoff vs the training distances (z one-sided,
+    percentile among the training distances); the detail adds how many atom pairs are edges and the
+    radius that radius refinement (sec. 4) would choose. The metric is the training spectrum's
+    default (:mod:`ttcalc.spectral`: the size-independent "distribution" one when stored, else eq. 5)."""
     from scipy.stats import percentileofscore
 
     from .spectral import TrainingSpectrum, adjacency, refine_radius
@@ -209,13 +210,14 @@ def connectivity_shift(atoms: Atoms, stats: TrainingStats, n_std: float = 1.0) -
     summary = spectrum.summary()
     d = spectrum.distance(atoms)
     z, ood = _z_flag(d, summary["mean"], summary["std"], n_std, two_sided=False)
-    pct = float(percentileofscore(spectrum.distances, d, kind="mean"))
+    pct = float(percentileofscore(spectrum.training_distances(), d, kind="mean"))
     n = len(atoms)
     n_edges = int(adjacency(atoms, spectrum.radius).sum()) // 2
     n_pairs = n * (n - 1) // 2
     graph = "complete graph" if n_edges == n_pairs else f"{n_edges} of {n_pairs} atom pairs are edges"
     r_star, _ = refine_radius(atoms, spectrum)
-    detail = (f"spectral distance {d:.4g} to the mean training spectrum at r = {spectrum.radius:g} Å ({graph}); "
+    detail = (f"spectral distance ({spectrum.metric}) {d:.4g} to the training spectra at r = {spectrum.radius:g} Å "
+              f"({graph}); "
               f"training distances {summary['mean']:.3g} ± {summary['std']:.3g} (q90 {summary['q90']:.3g}, "
               f"q99 {summary['q99']:.3g}); radius refinement would use r* = {r_star:.3g} Å")
     return ShiftItem(CONNECTIVITY, float(d), summary, z, pct, ood, detail)
