@@ -327,3 +327,27 @@ def test_offset_free_energy_loss_ignores_a_constant_energy_shift():
     assert energy_force_loss(pred, e + 830.0, f, n, w)[0] > 1000 * free  # the absolute loss is swamped
     # a non-constant energy error still counts
     assert energy_force_loss(pred, e + torch.arange(6.0), f, n, w, offset_free=True)[0] > free
+
+
+def test_ttt_can_update_all_of_the_representation(tiny_model_path, prior, naphthalene, benzene):
+    calc = TTTCalculator(tiny_model_path, prior=prior, compile=False, disagreement_every=0)
+    groups = calc.model.parameter_groups()
+    adaptable, representation = set(groups["adaptable"]), set(groups["representation"])
+    before = snapshot(calc.model)
+    report = calc.adapt(naphthalene, parameters="representation", **QUICK_TTT)
+    after = snapshot(calc.model)
+    assert set(report.parameters) == representation
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed <= representation and changed - adaptable  # beyond the early layers
+    # another system, default parameters: it starts from the pre-TTT weights, not naphthalene's
+    calc.adapt(benzene, **QUICK_TTT)
+    for k in representation - adaptable:
+        assert torch.equal(calc.model.get_parameter(k), before[k]), k
+    calc.adapt(naphthalene)  # cached: exactly the weights of the representation TTT
+    for k, v in snapshot(calc.model).items():
+        assert torch.equal(v, after[k]), k
+    calc.reset_adaptation()
+    for k, v in snapshot(calc.model).items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="unknown TTT parameters"):
+        TTTConfig(parameters="heads")

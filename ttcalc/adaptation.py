@@ -44,6 +44,9 @@ class TTTConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-3
     grad_clip: float = 10.0
+    #: what TTT updates: "adaptable", the model's adaptable group (by default the embedding and first
+    #: interaction layer, paper sec. 5.2), or "representation", all of θR (heads stay fixed either way)
+    parameters: Literal["adaptable", "representation"] = "adaptable"
     max_steps: int = 200
     batch_size: int = 8
     energy_weight: float = 1.0
@@ -71,6 +74,8 @@ class TTTConfig:
         # fail before the frames (prior MD, labels) are paid for, not after
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adam'")
+        if self.parameters not in ("adaptable", "representation"):
+            raise ValueError(f"unknown TTT parameters {self.parameters!r}; use 'adaptable' or 'representation'")
         if self.frames not in ("md", "rattle", "normal_modes"):
             raise ValueError(f"unknown frame source {self.frames!r}; use 'md', 'rattle' or 'normal_modes'")
         if self.n_frames < 2:
@@ -141,7 +146,9 @@ class AdaptationState:
 
     def __init__(self, model: MultiHeadPotential):
         self.model = model
-        self.names = model.parameter_groups()["adaptable"]
+        groups = model.parameter_groups()
+        # everything any TTT setting may change (TTTConfig.parameters), so restore() is always exact
+        self.names = sorted(set(groups["adaptable"]) | set(groups["representation"]))
         self.base = snapshot(model, self.names)
         self.cache: dict[str, dict[str, torch.Tensor]] = {}
         self.reports: dict[str, AdaptationReport] = {}
@@ -150,6 +157,8 @@ class AdaptationState:
         restore(self.model, self.base)
 
     def apply(self, key: str) -> None:
+        # base first: the cached system may have adapted fewer parameters than the current weights hold
+        restore(self.model, self.base)
         restore(self.model, self.cache[key])
 
     def save(self, path: str | Path) -> Path:
@@ -311,9 +320,9 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
     val_batch = collate(val, model.cutoff, dtype=dtype, device=device, labels=True)
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
 
-    params = model.parameters_of("adaptable")
-    names = state.names
-    model.set_trainable("adaptable")
+    params = model.parameters_of(cfg.parameters)
+    names = model.parameter_groups()[cfg.parameters]
+    model.set_trainable(cfg.parameters)
     try:
         def val_loss() -> float:
             return float(_loss(model, val_batch, weights, False, cfg.energy_offset_free)[0].detach())

@@ -28,6 +28,24 @@ from ttcalc.evaluation import evaluate_frames
 HERE = Path(__file__).resolve().parent
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["max_steps=500", "parameters=representation"]`` -> TTTConfig overrides, values typed by the field."""
+    from dataclasses import fields
+
+    from ttcalc.adaptation import TTTConfig
+
+    types = {f.name: type(getattr(TTTConfig(), f.name)) for f in fields(TTTConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"--ttt {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}")
+        typ = types[key]
+        out[key] = value.lower() in ("1", "true", "yes") if typ is bool else typ(value)
+    TTTConfig().updated(**out)  # fail now on a bad value, not after the in-distribution evaluation
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -41,6 +59,8 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--tag", default=None)
+    p.add_argument("--ttt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a TTTConfig override, e.g. --ttt parameters=representation (repeatable)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = HERE / "results" / (args.tag or args.prior.replace(":", "-"))
@@ -53,7 +73,8 @@ def main() -> None:
 
     cfg = BenchConfig(model=args.model, molecules=args.molecules, seeds=args.seeds, time_ps=args.time_ps,
                       ttt=True, rr=args.rr, prior=args.prior, ensembles=args.ensembles,
-                      processes=args.processes, output=str(out), n_test=args.n_test, pes=not args.no_pes)
+                      processes=args.processes, output=str(out), n_test=args.n_test, pes=not args.no_pes,
+                      ttt_overrides=parse_overrides(args.ttt))
     results = run_benchmark(cfg)
     results["in_distribution"] = in_dist
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
