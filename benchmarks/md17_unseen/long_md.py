@@ -69,7 +69,7 @@ def main() -> None:
         done_ps = args.time_ps
         write_json_atomic(out, summarise(args, label, frames, energies, status, stop_ps, done_ps, alive,
                                          ref_pos, start, r, h_ref, time.perf_counter() - t0))
-        print(out.read_text())
+        print_summary(out)
         return
     model = load_model(args.model)
     while done_ps < args.time_ps - 1e-9 and alive:
@@ -100,7 +100,17 @@ def main() -> None:
                                          ref_pos, start, r, h_ref, time.perf_counter() - t0))
         logging.info("%s %s %s: %.1f ps done, %d/%d seeds running (%.0f s)", args.molecule, label,
                      args.ensemble, done_ps, len(alive), len(seeds), time.perf_counter() - t0)
-    print(out.read_text())
+    print_summary(out)
+
+
+def print_summary(path: Path) -> None:
+    """The result file without its h(r) curves."""
+    import json
+
+    res = json.loads(path.read_text())
+    res = {k: v for k, v in res.items() if k not in ("hr_r", "hr_reference")}
+    res["runs"] = [{k: v for k, v in run.items() if k != "hr"} for run in res["runs"]]
+    print(json.dumps(res, indent=1))
 
 
 def summarise(args, label, frames, energies, status, stop_ps, done_ps, alive, ref_pos, start, r, h_ref,
@@ -117,7 +127,9 @@ def summarise(args, label, frames, energies, status, stop_ps, done_ps, alive, re
                   if len(f) > 1 else 0.0)
         entry["stable_ps"] = min(stable, entry["simulated_ps"])
         if len(f) > 1:
-            entry["hr_mae"] = hr_mae(hr(f)[1], h_ref, r)
+            h = hr(f)[1]
+            entry["hr_mae"] = hr_mae(h, h_ref, r)
+            entry["hr"] = [round(float(x), 6) for x in h]  # the curve, for plots (summarise.py)
         if args.ensemble == "nve" and len(energies[s][0]) > 2:
             entry["drift"] = nve_drift(np.asarray(energies[s][0]), np.asarray(energies[s][1]), len(start))
         runs.append(entry)
@@ -127,6 +139,7 @@ def summarise(args, label, frames, energies, status, stop_ps, done_ps, alive, re
             "temperature_K": 500.0, "timestep_fs": 0.5, "friction_per_fs": 0.01, "target_ps": args.time_ps,
             "simulated_ps": done_ps, "seconds": seconds, "runs": runs,
             "stability": stability_summary(stable, full_time_ps=args.time_ps),
+            "hr_r": [round(float(x), 6) for x in r], "hr_reference": [round(float(x), 6) for x in h_ref],
             "hr_mae_mean": float(np.mean(maes)) if maes else None}
 
 

@@ -3,7 +3,9 @@ relaxation steps (``extra_steps.py``), per molecule and variant.
 
     python benchmarks/md17_unseen/summarise.py benchmarks/md17_unseen/results/sgdml50
 
-writes ``summary.md`` into the folder and prints it. Cells with no run behind them show "–".
+writes ``summary.md`` into the folder and prints it, and ``{molecule}_hr_{ensemble}.png`` (h(r) of every
+variant whose long-MD file holds the curves, seed-averaged, against all rMD17 frames). Cells with no run
+behind them show "–".
 """
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
+from md_protocols.plots import plot_hr
 from ttcalc.bench import markdown
 
 
@@ -24,6 +29,25 @@ def merged_results(folder: Path) -> dict:
         variant[md["ensemble"]] = {"stability": md["stability"], "hr_mae": md["hr_mae_mean"], "runs": md["runs"],
                                    "simulated_ps": md["simulated_ps"], "target_ps": md["target_ps"]}
     return results
+
+
+def hr_plots(folder: Path) -> list[Path]:
+    """One h(r) figure per molecule and ensemble from the long-MD files that store curves."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted((folder / "long").glob("*.json")):
+        md = json.loads(path.read_text())
+        if "hr_r" in md and any("hr" in run for run in md["runs"]):
+            groups.setdefault((md["molecule"], md["ensemble"]), []).append(md)
+    written = []
+    for (mol, ens), runs in groups.items():
+        r = np.asarray(runs[0]["hr_r"])
+        curves = {f"{md['label']} (MAE {md['hr_mae_mean']:.3f})": np.mean([run["hr"] for run in md["runs"] if "hr" in run], axis=0)
+                  for md in runs}
+        path = folder / f"{mol}_hr_{ens}.png"
+        plot_hr(r, curves, np.asarray(runs[0]["hr_reference"]), path,
+                title=f"{mol}, {ens.upper()} 500 K: h(r) against all rMD17 frames")
+        written.append(path)
+    return written
 
 
 def extra_steps_table(folder: Path) -> str:
@@ -54,6 +78,8 @@ def main() -> None:
     text = markdown(merged_results(folder)) + "\n" + extra_steps_table(folder)
     (folder / "summary.md").write_text(text)
     print(text)
+    for path in hr_plots(folder):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
