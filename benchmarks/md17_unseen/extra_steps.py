@@ -87,7 +87,7 @@ def main() -> None:
                            "xtb_energy_above_xtb_minimum_meV": 1e3 * (res.reference_energy_at_mlip_minimum
                                                                       - res.reference_energy),
                            "rmsd_to_xtb_minimum_A": res.rmsd, "seconds": time.perf_counter() - t0,
-                           **{k: v for k, v in entry.get(name, {}).items() if k.startswith("dft_")}}
+                           **{k: v for k, v in entry.get(name, {}).items() if k.startswith(("dft_", "rmsd_to_dft"))}}
             minimum = res.mlip.atoms.copy()
             minimum.calc = None
             if mol == args.dft_molecule and (args.dft_single_points or name in args.dft_extra_steps):
