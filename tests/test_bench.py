@@ -32,3 +32,19 @@ def test_benchmark_runner_reports_every_variant(tiny_model_path, tmp_path):
     assert all(f"| {name} |" in table for name in variants)
     for png in ("benzene_hr.png", "benzene_bonds.png", "benzene_pes_mlip.png", "benzene_pes_mlip+ttt.png"):
         assert (tmp_path / png).stat().st_size > 10_000
+
+
+def test_markdown_marks_runs_that_stopped_short():
+    from ttcalc.bench import markdown
+
+    stab = {"mean": 70.0, "std": 0.0, "n": 2, "n_stable_full": 0}
+    res = {"molecules": {"naphthalene": {"variants": {
+        "full": {"errors": {"force_mae_meV_A": 49.4, "energy_mae_offset_meV": 15.6},
+                 "nvt": {"stability": {**stab, "mean": 100.0}, "hr_mae": 0.13, "simulated_ps": 100, "target_ps": 100}},
+        "short": {"errors": {"force_mae_meV_A": 49.4, "energy_mae_offset_meV": 15.6},
+                  "nve": {"stability": stab, "simulated_ps": 70, "target_ps": 100, "runs": []}}}}}}
+    table = markdown(res)
+    full_row = next(line for line in table.splitlines() if line.startswith("| full |"))
+    short_row = next(line for line in table.splitlines() if line.startswith("| short |"))
+    assert "100.0 ± 0.0 (2)" in full_row and "stopped" not in full_row
+    assert "70.0 ± 0.0 (2), run stopped at 70 of 100 ps" in short_row

@@ -216,8 +216,12 @@ def markdown(results: dict) -> str:
             cells = [name, f"{err.get('force_mae_meV_A', float('nan')):.1f}",
                      f"{err.get('energy_mae_offset_meV', float('nan')):.1f}"]
             for ens in ("nvt", "nve"):
-                s = v.get(ens, {}).get("stability")
-                cells.append(f"{s['mean']:.1f} ± {s['std']:.1f} ({s['n']})" if s else "–")
+                md = v.get(ens, {})
+                s = md.get("stability")
+                cell = f"{s['mean']:.1f} ± {s['std']:.1f} ({s['n']})" if s else "–"
+                if s and md.get("simulated_ps", 0) < md.get("target_ps", 0):  # a run still going or stopped
+                    cell += f", run stopped at {md['simulated_ps']:g} of {md['target_ps']:g} ps"
+                cells.append(cell)
             h = v.get("nvt", {}).get("hr_mae")
             cells.append(f"{h:.3f}" if h is not None else "–")
             drifts = [e["drift"]["slope_meV_per_atom_per_ps"] for e in v.get("nve", {}).get("runs", [])
