@@ -255,9 +255,18 @@ class TrainingSpectrum:
         at the front to its size. "distribution": W₂² to the mean quantile function.
         """
         spectrum = laplacian_spectrum(structure, self.radius if radius is None else radius)
+        return float(self.distances_to_reference(spectrum[None], metric)[0])
+
+    def distances_to_reference(self, spectra: np.ndarray, metric: str | None = None) -> np.ndarray:
+        """Distances of unpadded ascending spectra (K, N) of one structure to the reference: (K,).
+
+        "padded": eq. 5 with both sides padded at the front to ``max(N, n_pad)``; "distribution":
+        W₂² between quantile functions.
+        """
         if self._metric(metric) == "padded":
-            return spectral_distance(spectrum, self.mean)
-        return distribution_distance(spectral_quantiles(spectrum, len(self.quantiles)), self.quantiles)
+            n = max(spectra.shape[-1], self.n_pad)
+            return np.sum((pad_spectrum(spectra, n) - pad_spectrum(self.mean, n)) ** 2, axis=-1)
+        return np.mean((spectral_quantiles(spectra, len(self.quantiles)) - self.quantiles) ** 2, axis=-1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists and floats), e.g. to store inside a model checkpoint."""
@@ -359,15 +368,8 @@ def refine_radius(
     grid = default_radius_grid(training_spectrum.radius) if radii is None else np.asarray(radii, dtype=np.float64)
     if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
         raise ValueError(f"radii must be a non-empty list of positive numbers, got {radii}")
-    metric = training_spectrum._metric(metric)
     dist = pair_distances(atoms_or_positions, cutoff=float(grid.max()))
-    if metric == "padded":
-        n = max(dist.shape[0], training_spectrum.n_pad)
-        spectra = _spectra(dist, grid, n)
-        distances = np.sum((spectra - pad_spectrum(training_spectrum.mean, n)) ** 2, axis=1)
-    else:
-        q = spectral_quantiles(_spectra(dist, grid), len(training_spectrum.quantiles))
-        distances = np.mean((q - training_spectrum.quantiles) ** 2, axis=1)
+    distances = training_spectrum.distances_to_reference(_spectra(dist, grid), metric)
     best = distances.min()
     tied = np.flatnonzero(distances <= best + _TIE_RTOL * max(abs(best), 1e-12))
     # closest to the training radius first, then the smaller radius
