@@ -131,3 +131,28 @@ def test_joint_warm_start_begins_from_the_checkpoint(tmp_path):
     for k in a:
         if k.startswith(("representation.", "heads.prior.", "heads.main.")) and a[k].is_floating_point():
             torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-8, msg=k)
+
+
+def test_continue_pretraining_starts_from_the_checkpoint_and_improves_on_it(tmp_path):
+    cfg = _small("pretrain-freeze-finetune", tmp_path)
+    cfg.pretrain = StageConfig(max_epochs=2, batch_size=8, lr=3e-3)
+    train_model(cfg, progress=False)
+    cfg2 = _small("pretrain-freeze-finetune", tmp_path)
+    cfg2.output = str(tmp_path / "continued.pt")
+    cfg2.init_checkpoint, cfg2.continue_pretraining = cfg.output, True
+    _, report = train_model(cfg2, progress=False)
+    assert set(report["stages"]) == {"pretrain", "finetune"}
+    first = [r.split(",") for r in (tmp_path / "pretrain-freeze-finetune.csv").read_text().splitlines()[1:]]
+    second = [r.split(",") for r in (tmp_path / "continued.csv").read_text().splitlines()[1:]]
+    best_first = min(float(r[4]) for r in first if r[0] == "pretrain")
+    pre2 = [float(r[4]) for r in second if r[0] == "pretrain"]
+    # the warm start's first validation loss is already near the checkpoint's best, and it goes lower
+    assert pre2[0] < 1.5 * best_first and min(pre2) < best_first
+    bad = _small("joint", tmp_path)
+    bad.init_checkpoint, bad.continue_pretraining = cfg.output, True
+    with pytest.raises(ValueError, match="continue_pretraining"):
+        train_model(bad, progress=False)
+    bad = _small("pretrain-freeze-finetune", tmp_path)
+    bad.continue_pretraining = True
+    with pytest.raises(ValueError, match="continue_pretraining"):
+        train_model(bad, progress=False)

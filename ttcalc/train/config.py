@@ -73,6 +73,9 @@ class TrainConfig:
     #: pretrain-freeze-finetune: take θR and θP from this checkpoint and skip the pretraining stage;
     #: joint: start from all of the checkpoint's weights (θR, θP, θM)
     init_checkpoint: str | None = None
+    #: pretrain-freeze-finetune with ``init_checkpoint``: go on pretraining its θR+θP (warm start)
+    #: instead of skipping the pretraining stage; for a model whose pretraining stopped on a budget
+    continue_pretraining: bool = False
     output: str = "runs/model.pt"
     dtype: str = "float32"
     device: str = "cpu"

@@ -149,6 +149,8 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
     """
     import torch
 
+    if cfg.continue_pretraining and not (cfg.init_checkpoint and cfg.regime == "pretrain-freeze-finetune"):
+        raise ValueError("continue_pretraining needs init_checkpoint and regime='pretrain-freeze-finetune'")
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out_path = Path(cfg.output)
@@ -179,7 +181,7 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
         prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
         if cfg.init_checkpoint:
             load_pretrained_weights(model, cfg.init_checkpoint, ("representation.", "heads.prior."))
-        else:
+        if not cfg.init_checkpoint or cfg.continue_pretraining:
             stages["pretrain"] = train_stage(model, train, {"prior": prior_t}, val, {"prior": prior_v},
                                              ["representation", "prior"], cfg.pretrain, name="pretrain",
                                              **common)
