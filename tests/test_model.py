@@ -1,6 +1,8 @@
 """MultiHeadPotential: physics (forces, stress, invariances), parameter groups, checkpoints."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -111,6 +113,18 @@ def test_save_load_roundtrip_is_exact(model64, tmp_path):
     e0, f0 = _energy_forces(model64, atoms)
     e1, f1 = _energy_forces(loaded, atoms)
     assert e0 == e1
+    np.testing.assert_array_equal(f0, f1)
+
+
+def test_a_refined_cutoff_survives_save_and_load(model64, tmp_path):
+    atoms = load_rmd17("benzene", "test_01", n=1)[0]
+    model = copy.deepcopy(model64)
+    model.set_cutoff(3.5)
+    loaded = MultiHeadPotential.load(model.save(tmp_path / "rr.pt"))
+    assert loaded.cutoff == 3.5
+    e0, f0 = _energy_forces(model, atoms)
+    e1, f1 = _energy_forces(loaded, atoms)
+    assert e0 == e1 and e1 != _energy_forces(model64, atoms)[0]
     np.testing.assert_array_equal(f0, f1)
 
 

@@ -67,7 +67,8 @@ class TTTCalculator(Calculator):
     ttt: ``"off"``, ``"auto"`` (adapt once per new system on its first calculation) or ``"always"``
         (adapt again whenever the system changes, even to one seen before).
     ttt_config: a :class:`~ttcalc.adaptation.TTTConfig` (or dict) for test-time training.
-    radius_refinement: choose the cutoff per new system by spectral matching (paper eq. 5).
+    radius_refinement: choose the cutoff per new system by spectral matching (paper sec. 4; the
+        Laplacian eigenvalue distributions are compared, see :mod:`ttcalc.spectral`).
     disagreement_every: evaluate the prior every k-th calculation to report the main-vs-prior
         force disagreement (0 disables it; 1 = every call).
 
@@ -282,7 +283,8 @@ class TTTCalculator(Calculator):
         self._system = identity  # only once preparation succeeded: a failure is retried next call
 
     def refine_radius(self, atoms: Atoms, radii: Sequence[float] | None = None) -> float:
-        """Choose and apply the cutoff whose Laplacian spectrum best matches training (eq. 5)."""
+        """Choose and apply the cutoff whose Laplacian spectrum best matches training (sec. 4;
+        metric: :func:`ttcalc.spectral.refine_radius`)."""
         from .spectral import TrainingSpectrum, refine_radius
 
         if not self.model.stats.spectrum:

@@ -13,6 +13,8 @@ A checkpoint is a ``torch.save`` dict of plain types and tensors (loadable with
 ``units``          ``{"energy": "eV", "length": "Angstrom"}``
 ``dtype``          ``"float32"`` or ``"float64"``
 ``metadata``       free-form JSON-able dict (training config, data, timings)
+``cutoff``         optional: the active graph radius when it differs from the config's (a model
+                   saved after radius refinement reloads with its refined cutoff)
 =================  ==========================================================================
 
 Writes are atomic (temporary file + ``os.replace``) so a crash never leaves a half-written file.
@@ -63,6 +65,7 @@ def checkpoint_dict(model, metadata: dict | None = None) -> dict:
         "units": dict(UNITS),
         "dtype": "float64" if model.dtype == torch.float64 else "float32",
         "metadata": metadata or {},
+        "cutoff": float(model.cutoff),
     }
 
 
@@ -114,6 +117,8 @@ def model_from_checkpoint(ckpt: dict, dtype=None, device="cpu", source: str = "c
             f"unexpected: {result.unexpected_keys[:5]})"
         )
     model.metadata = dict(ckpt.get("metadata", {}))
+    if "cutoff" in ckpt and float(ckpt["cutoff"]) != model.cutoff:
+        model.set_cutoff(float(ckpt["cutoff"]))  # saved after radius refinement
     if dtype is not None:
         from .model import resolve_dtype
 
