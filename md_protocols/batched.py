@@ -152,6 +152,8 @@ def run_batched_md(
     initial_temperature_K: float | None = None,
     momenta: np.ndarray | None = None,
     thermostat_rngs: Sequence[np.random.Generator] | None = None,
+    trajectories: Sequence[str | Path] | None = None,
+    append: bool = False,
 ) -> list[MDResult]:
     """Integrate ``n_replicas`` independent replicas of one molecule with one model call per step.
 
@@ -169,6 +171,10 @@ def run_batched_md(
     Continuation: pass one structure per replica (the last positions), ``momenta`` (B, N, 3) and the
     ``thermostat_rng`` generators the previous call returned, and a chunked run follows the single
     long run exactly (tested); long benchmarks use this to save results chunk by chunk.
+    ``trajectories``: one ASE ``.traj`` path per replica; every logged frame (positions, momenta,
+    energy, forces) is written as it happens and ASE flushes each frame, so a crash keeps what was
+    simulated. ``append=True`` continues existing files (a chunked run then writes each chunk's first
+    frame, the previous chunk's last, only once).
     See the module docstring for the integrators and the freezing of failed replicas.
     """
     from ttcalc.fast import FastEvaluator
@@ -192,6 +198,8 @@ def run_batched_md(
     if checks is None:
         checks = [BondCollapseCheck(starts[0].positions, numbers=starts[0].numbers)]
     checks = list(checks)
+    if trajectories is not None and len(trajectories) != n_replicas:
+        raise ValueError(f"run_batched_md: {len(trajectories)} trajectory paths for {n_replicas} replicas")
     model = _private_model(model)
 
     started = time.perf_counter()
@@ -250,7 +258,11 @@ def run_batched_md(
     stop_step = [n_total] * n_replicas
     masses_t = integrator.masses  # (N, 1), float64
 
-    def log_frames(step: int, energy: Tensor) -> None:
+    # a continued file already holds this chunk's first frame (the previous chunk's last)
+    continued = [append and Path(p).exists() for p in (trajectories or [])]
+    writers = [_trajectory_writer(p, c) for p, c in zip(trajectories or [], continued)]
+
+    def log_frames(step: int, energy: Tensor, forces: Tensor) -> None:
         ekin = 0.5 * (mom * (mom / masses_t)).sum((1, 2))  # ASE: ½ p·v
         dof = 3 * n_atoms  # ASE's get_temperature without constraints
         e_np, k_np, p_np = energy.numpy(), ekin.numpy(), pos.numpy()
@@ -262,6 +274,10 @@ def run_batched_md(
             rec.temp.append(2 * float(k_np[k]) / (dof * units.kB))
             if keep_frames:
                 rec.frames.append(p_np[k].copy())
+            if writers and not (continued[k] and step == 0):
+                frame = Atoms(numbers=numbers, positions=p_np[k], momenta=mom[k].numpy())
+                frame.calc = SinglePointCalculator(frame, energy=float(e_np[k]), forces=forces[k].numpy())
+                writers[k].write(frame)
 
     def freeze(k: int, step: int, failure: CheckFailure) -> None:
         active[k] = False
@@ -300,7 +316,7 @@ def run_batched_md(
         except Exception as exc:  # a model failure ends every replica, with its message
             _fail_all(active, status, message, stop_step, 0, exc)
         else:
-            log_frames(0, energy)
+            log_frames(0, energy, forces)
             evaluate(0, energy, forces)
             park()
             for step in range(1, n_total + 1):
@@ -313,11 +329,13 @@ def run_batched_md(
                     break
                 bar.update(1)
                 if step % log_interval == 0:
-                    log_frames(step, energy)
+                    log_frames(step, energy, forces)
                 evaluate(step, energy, forces)
                 park()
     finally:
         bar.close()
+        for writer in writers:
+            writer.close()
 
     seconds = time.perf_counter() - started
     results = []
@@ -329,7 +347,7 @@ def run_batched_md(
             time_ps=stop_step[k] * timestep_fs / 1000.0,
             steps=stop_step[k],
             n_atoms=n_atoms,
-            trajectory=None,
+            trajectory=None if trajectories is None else str(trajectories[k]),
             times_ps=np.asarray(rec.steps, dtype=np.float64) * timestep_fs / 1000.0,
             energies={"potential": epot, "kinetic": ekin, "total": epot + ekin},
             temperatures=np.asarray(rec.temp),
@@ -346,6 +364,14 @@ def run_batched_md(
                    "final_momenta": mom[k].numpy().copy(), "thermostat_rng": thermostat_rngs[k]},
         ))
     return results
+
+
+def _trajectory_writer(path: str | Path, append: bool):
+    from ase.io.trajectory import TrajectoryWriter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return TrajectoryWriter(str(path), "a" if append else "w")
 
 
 def _starting_structures(atoms: Atoms | Sequence[Atoms], n_replicas: int) -> list[Atoms]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms, units
+from ase.io import read
 
 from md_protocols import BondCollapseCheck, bond_lengths, bonds_from_atoms, max_bond_deviation, run_md
 from md_protocols.batched import run_batched_md
@@ -187,12 +188,14 @@ def test_cpp_wrapper_option_is_exact(tiny_model_path, benzene):
 
 
 @pytest.mark.parametrize("ensemble", ["nve", "nvt"])
-def test_chunked_continuation_equals_one_long_run(model64, benzene, ensemble):
+def test_chunked_continuation_equals_one_long_run(model64, benzene, ensemble, tmp_path):
     kw = dict(ensemble=ensemble, temperature_K=500, timestep_fs=0.5, log_interval=10, checks=(),
               compile=False, progress=False, seeds=[3, 4])
-    whole = run_batched_md(benzene, model64, 2, time_ps=0.04, **kw)
+    whole_traj = [tmp_path / f"whole-{k}.traj" for k in range(2)]
+    chunk_traj = [tmp_path / "chunks" / f"{k}.traj" for k in range(2)]
+    whole = run_batched_md(benzene, model64, 2, time_ps=0.04, trajectories=whole_traj, **kw)
     # the same two replicas in two chunks of 40 steps: positions, momenta and thermostat streams carried
-    first = run_batched_md(benzene, model64, 2, time_ps=0.02, **kw)
+    first = run_batched_md(benzene, model64, 2, time_ps=0.02, trajectories=chunk_traj, append=True, **kw)
     rngs = [r.extra["thermostat_rng"] for r in first]
     starts = []
     for r in first:
@@ -200,9 +203,25 @@ def test_chunked_continuation_equals_one_long_run(model64, benzene, ensemble):
         a.positions = r.extra["final_positions"]
         starts.append(a)
     momenta = np.stack([r.extra["final_momenta"] for r in first])
-    second = run_batched_md(starts, model64, 2, time_ps=0.02, momenta=momenta, thermostat_rngs=rngs, **kw)
+    second = run_batched_md(starts, model64, 2, time_ps=0.02, momenta=momenta, thermostat_rngs=rngs,
+                            trajectories=chunk_traj, append=True, **kw)
     for w, s in zip(whole, second):
         np.testing.assert_allclose(s.extra["final_positions"], w.extra["final_positions"], atol=1e-10)
         np.testing.assert_allclose(s.frames[-1], w.frames[-1], atol=1e-10)
+    # the files hold every logged frame once, with the energies and forces of the run
+    for k, w in enumerate(whole):
+        a, b = read(whole_traj[k], ":"), read(chunk_traj[k], ":")
+        assert len(a) == len(b) == len(w.frames) == 9
+        np.testing.assert_allclose(np.stack([x.positions for x in b]), w.frames, atol=1e-10)
+        np.testing.assert_array_equal(np.stack([x.positions for x in a]), w.frames)
+        np.testing.assert_array_equal([x.get_potential_energy() for x in a], w.energies["potential"])
+        again = Atoms(numbers=a[-1].numbers, positions=a[-1].positions)
+        again.calc = TTTCalculator(model64, dtype="float64", compile=False, disagreement_every=0)
+        assert again.get_potential_energy() == pytest.approx(a[-1].get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(again.get_forces(), a[-1].get_forces(), atol=1e-8)
+        assert np.abs(a[-1].get_momenta()).sum() > 0
+    assert whole[0].trajectory == str(whole_traj[0])
+    with pytest.raises(ValueError, match="1 trajectory paths for 2 replicas"):
+        run_batched_md(benzene, model64, 2, time_ps=0.001, trajectories=whole_traj[:1], **kw)
     with pytest.raises(ValueError, match="momenta must have shape"):
         run_batched_md(benzene, model64, 2, time_ps=0.001, momenta=np.zeros((1, 12, 3)), **kw)

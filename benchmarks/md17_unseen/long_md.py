@@ -39,6 +39,8 @@ def main() -> None:
     p.add_argument("--chunk-ps", type=float, default=5.0)
     p.add_argument("--log-interval", type=int, default=20)
     p.add_argument("--out", required=True)
+    p.add_argument("--trajectories", action="store_true",
+                   help="also write one ASE .traj per seed (MLIP runs) to OUT/trajectories, chunk by chunk")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     label = args.label or Path(args.model or args.prior.split(":")[-1]).stem
@@ -72,12 +74,18 @@ def main() -> None:
         print_summary(out)
         return
     model = load_model(args.model)
+    traj = {s: Path(args.out) / "trajectories" / f"{args.molecule}-{label}-{args.ensemble}-{s}.traj"
+            for s in seeds} if args.trajectories else None
+    if traj:
+        for path in traj.values():
+            path.unlink(missing_ok=True)  # a new run; chunks then append
     while done_ps < args.time_ps - 1e-9 and alive:
         chunk = min(args.chunk_ps, args.time_ps - done_ps)
         res = run_batched_md([structures[s] for s in alive], model, len(alive), ensemble=args.ensemble,
                              temperature_K=500.0, timestep_fs=0.5, time_ps=chunk, friction_per_fs=0.01,
                              seeds=alive, log_interval=args.log_interval, checks=[check], progress=False,
-                             momenta=momenta, thermostat_rngs=[rngs[s] for s in alive] if rngs else None)
+                             momenta=momenta, thermostat_rngs=[rngs[s] for s in alive] if rngs else None,
+                             trajectories=[traj[s] for s in alive] if traj else None, append=True)
         still = []
         for s, rr in zip(alive, res):
             rngs[s] = rr.extra["thermostat_rng"]
