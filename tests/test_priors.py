@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import ase.io
 import numpy as np
@@ -430,6 +432,26 @@ def test_ensure_numpy_compat_installs_alias_only_when_missing(monkeypatch):
     monkeypatch.setattr(np, "in1d", original)
     assert ensure_numpy_compat() is False
     assert np.in1d is original
+
+
+def test_sgdml_import_leaves_logging_as_it_was():
+    """sgdml's import makes every later logger DEBUG-level with its own handler (torch's inductor
+    loggers then flood stderr); ttcalc's import of sgdml must undo that, in a fresh interpreter."""
+    code = """
+import logging, sys
+from ttcalc.priors.sgdml_compat import import_sgdml
+import_sgdml()
+later = logging.getLogger("created.after.sgdml")
+sg = logging.getLogger("sgdml.train")
+assert logging.getLoggerClass() is logging.Logger, logging.getLoggerClass()
+assert type(later) is logging.Logger and later.level == logging.NOTSET and not later.handlers
+assert not sg.handlers and sg.level == logging.NOTSET and sg.propagate
+import sgdml  # a second import changes nothing
+assert logging.getLoggerClass() is logging.Logger
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_shim_makes_sgdml_stratified_sampling_work(naphthalene, monkeypatch):

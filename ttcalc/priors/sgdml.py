@@ -26,7 +26,8 @@ from ase import Atoms
 
 from ttcalc.paths import cache_dir
 from ttcalc.priors.base import Prior, PriorError
-from ttcalc.priors.sgdml_compat import SGDML_ENERGY_UNIT, SGDML_LENGTH_UNIT, gdml_trainer, make_dataset
+from ttcalc.priors.sgdml_compat import (SGDML_ENERGY_UNIT, SGDML_LENGTH_UNIT, gdml_trainer, import_sgdml,
+                                        make_dataset)
 from ttcalc.priors.threads import NativeThreadLimit
 from ttcalc.units import KCAL_MOL_TO_EV
 
@@ -228,9 +229,7 @@ class SGDMLPrior(Prior):
             formula = atoms.get_chemical_formula()
             raise PriorError(f"sgdml: model was trained on isolated molecules but {formula} is periodic")
         if self._predictor is None:
-            from sgdml.predict import GDMLPredict
-
-            self._predictor = GDMLPredict(self._model, max_processes=1)
+            self._predictor = import_sgdml().predict.GDMLPredict(self._model, max_processes=1)
         with self._threads():
             energy, forces = self._predictor.predict(np.asarray(atoms.positions, dtype=np.float64).reshape(1, -1))
         # model units: e_unit and e_unit/Å
@@ -261,9 +260,8 @@ def _frames_to_arrays(frames: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray, 
 
 def _cache_key(z, R, E, F, **settings) -> str:
     """Content hash of the training data and every setting that changes the fitted model."""
-    from sgdml import __version__ as sgdml_version
-
-    digest = hashlib.sha256(f"{_CACHE_FORMAT};sgdml={sgdml_version};{sorted(settings.items())!r}".encode())
+    version = import_sgdml().__version__
+    digest = hashlib.sha256(f"{_CACHE_FORMAT};sgdml={version};{sorted(settings.items())!r}".encode())
     for array in (z.astype(np.int64), R, E, F):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:32]
@@ -280,7 +278,7 @@ def _fit(
     sigmas: tuple[float, ...],
 ) -> tuple[dict, SigmaSearch]:
     """σ search on held-out frames, then the final model (see :meth:`SGDMLPrior.from_frames`)."""
-    from sgdml.predict import GDMLPredict
+    GDMLPredict = import_sgdml().predict.GDMLPredict
 
     start = time.perf_counter()
     refit = len(order) == n_train  # no spare frames: hold out a fifth of the training frames

@@ -1,7 +1,8 @@
 """What sgdml 1.0.3 needs from its callers and from NumPy, in one place.
 
-sgdml 1.0.3 predates NumPy 2.4 and reads its dataset/model dictionaries the way its own
-``.npz`` files store them. Three things follow; each is handled here and nowhere else:
+sgdml 1.0.3 predates NumPy 2.4, reads its dataset/model dictionaries the way its own ``.npz``
+files store them, and reconfigures logging process-wide on import. Four things follow; each is
+handled here and nowhere else (every sgdml import goes through :func:`import_sgdml`):
 
 1. ``np.in1d`` was deprecated in NumPy 2.0 and removed in 2.4. sgdml calls it in
    ``GDMLTrain.draw_strat_sample`` (``sgdml/train.py``, when a subset smaller than the dataset is
@@ -20,6 +21,12 @@ sgdml 1.0.3 predates NumPy 2.4 and reads its dataset/model dictionaries the way 
    :func:`gdml_trainer` yields a trainer whose ``__del__`` is inert and removes that state itself
    when the block exits, also when training raises, so a failed fit never blocks the next one and
    a late garbage collection never removes a newer trainer's state.
+4. ``import sgdml`` calls ``logging.setLoggerClass(ColoredLogger)``: every logger created later in
+   the process, by any library, then has level DEBUG and its own stderr handler. torch creates its
+   inductor loggers lazily, so after an sGDML fit one ``torch.compile`` printed ~100,000 debug
+   lines (13 MB). :func:`import_sgdml` imports the sgdml modules ttcalc uses, puts the standard
+   logger class back, and turns sgdml's own loggers into plain ones (no private handler, level
+   unset), so their messages follow the application's logging configuration like any library's.
 """
 from __future__ import annotations
 
@@ -50,6 +57,29 @@ def ensure_numpy_compat() -> bool:
     return True
 
 
+@functools.cache
+def import_sgdml():
+    """Import sgdml (train, predict, utils.io) once, undoing its process-wide logging change.
+
+    Returns the ``sgdml`` package. Also installs the NumPy shim (:func:`ensure_numpy_compat`).
+    """
+    before = logging.getLoggerClass()
+    ensure_numpy_compat()
+    import sgdml
+    import sgdml.predict
+    import sgdml.train
+    import sgdml.utils.io
+
+    # the class in place before sgdml's import (the standard one if sgdml was imported earlier)
+    logging.setLoggerClass(logging.Logger if before.__module__ == "sgdml" else before)
+    for obj in list(logging.root.manager.loggerDict.values()):
+        if isinstance(obj, logging.Logger) and type(obj).__module__ == "sgdml":
+            for handler in list(obj.handlers):
+                obj.removeHandler(handler)
+            obj.setLevel(logging.NOTSET)
+    return sgdml
+
+
 def make_dataset(
     z: np.ndarray,
     R: np.ndarray,
@@ -66,8 +96,8 @@ def make_dataset(
     Metadata are 0-d NumPy arrays like in sgdml's dataset files; ``md5`` is sgdml's own
     fingerprint of (z, R, E, F).
     """
-    from sgdml import __version__ as sgdml_version
-    from sgdml.utils.io import dataset_md5
+    sgdml = import_sgdml()
+    sgdml_version, dataset_md5 = sgdml.__version__, sgdml.utils.io.dataset_md5
 
     R = np.ascontiguousarray(R, dtype=np.float64)
     F = np.ascontiguousarray(F, dtype=np.float64)
@@ -97,9 +127,7 @@ def make_dataset(
 @functools.cache
 def _managed_trainer_class() -> type:
     """GDMLTrain whose ``__del__`` leaves sgdml's module state alone (:func:`gdml_trainer` owns it)."""
-    from sgdml.train import GDMLTrain
-
-    class ManagedGDMLTrain(GDMLTrain):
+    class ManagedGDMLTrain(import_sgdml().train.GDMLTrain):
         def __del__(self) -> None:
             # GDMLTrain.__del__ deletes sgdml.train.glob whenever the object is collected, which
             # could be in the middle of a later trainer's fit (e.g. when a traceback that holds a
@@ -119,9 +147,7 @@ def gdml_trainer(max_processes: int = 1) -> Iterator[object]:
     ``max_processes=1`` keeps sgdml from forking worker pools (forking after torch/OpenMP threads
     exist is unsafe, and on 2 cores pools do not pay off for ~50 training frames).
     """
-    import sgdml.train
-
-    ensure_numpy_compat()
+    sgdml = import_sgdml()
     try:
         trainer = _managed_trainer_class()(max_processes=max_processes)
     except Exception as exc:  # sgdml raises a bare Exception for a second live instance
