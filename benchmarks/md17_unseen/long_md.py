@@ -39,6 +39,8 @@ def main() -> None:
     p.add_argument("--chunk-ps", type=float, default=5.0)
     p.add_argument("--log-interval", type=int, default=20)
     p.add_argument("--out", required=True)
+    p.add_argument("--cutoff", type=float, default=None,
+                   help="run the model at this graph radius (e.g. the one radius refinement chose)")
     p.add_argument("--trajectories", action="store_true",
                    help="also write one ASE .traj per seed (MLIP runs) to OUT/trajectories, chunk by chunk")
     args = p.parse_args()
@@ -74,6 +76,9 @@ def main() -> None:
         print_summary(out)
         return
     model = load_model(args.model)
+    if args.cutoff is not None:
+        model.set_cutoff(args.cutoff)
+    args.cutoff = model.cutoff  # recorded in the results (a checkpoint may carry a refined one)
     traj = {s: Path(args.out) / "trajectories" / f"{args.molecule}-{label}-{args.ensemble}-{s}.traj"
             for s in seeds} if args.trajectories else None
     if traj:
@@ -144,7 +149,7 @@ def summarise(args, label, frames, energies, status, stop_ps, done_ps, alive, re
     stable = [e["stable_ps"] for e in runs]
     maes = [e["hr_mae"] for e in runs if "hr_mae" in e]
     return {"model": args.model or args.prior, "label": label, "molecule": args.molecule, "ensemble": args.ensemble,
-            "temperature_K": 500.0, "timestep_fs": 0.5, "friction_per_fs": 0.01, "target_ps": args.time_ps,
+            "cutoff": args.cutoff, "temperature_K": 500.0, "timestep_fs": 0.5, "friction_per_fs": 0.01, "target_ps": args.time_ps,
             "simulated_ps": done_ps, "seconds": seconds, "runs": runs,
             "stability": stability_summary(stable, full_time_ps=args.time_ps),
             "hr_r": [round(float(x), 6) for x in r], "hr_reference": [round(float(x), 6) for x in h_ref],
