@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--temperature", default="600K", choices=["300K", "600K"])
     p.add_argument("--out", default=str(HERE / "results" / "ttt_validation"))
+    p.add_argument("--name", default=None, help="output file stem (default: acac, or acac-xtb with --prior xtb)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rng = np.random.default_rng(0)
@@ -60,7 +61,7 @@ def main() -> None:
     start.calc = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "acac" if args.prior == "sgdml" else f"acac-{args.prior}"
+    stem = args.name or ("acac" if args.prior == "sgdml" else f"acac-{args.prior}")
     res = {"config": vars(args), "molecule": "acac", "level_of_theory": "PBE-D3/def2-SVP",
            "prior": evaluate_calculator(prior.as_calculator(), test)}
     res["mlip"] = evaluate_calculator(TTTCalculator(args.model, disagreement_every=0), test)
