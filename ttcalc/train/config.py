@@ -68,8 +68,9 @@ class TrainConfig:
     joint_prior_weight: float = 1.0
     #: pretrain-freeze-finetune: start the main head as a copy of the pretrained prior head
     #: ("prior", so θM = θP + a learned correction and TTT's changes to the features reach θM the
-    #: way they reach θP) or from random weights ("random")
-    main_head_init: Literal["random", "prior"] = "random"
+    #: way they reach θP), from random weights ("random"), or from ``init_checkpoint``'s θM
+    #: ("checkpoint": the fine-tuning of a budget-stopped run goes on)
+    main_head_init: Literal["random", "prior", "checkpoint"] = "random"
     #: pretrain-freeze-finetune: take θR and θP from this checkpoint and skip the pretraining stage;
     #: joint: start from all of the checkpoint's weights (θR, θP, θM)
     init_checkpoint: str | None = None
@@ -101,8 +102,9 @@ class TrainConfig:
             sub = d.get(name, {})
             _check_keys(typ, sub, f"[{name}]")
             setattr(out, name, typ(**sub))
-        if out.main_head_init not in ("random", "prior"):
-            raise ValueError(f"main_head_init must be 'random' or 'prior', not {out.main_head_init!r}")
+        if out.main_head_init not in ("random", "prior", "checkpoint"):
+            raise ValueError(f"main_head_init must be 'random', 'prior' or 'checkpoint', "
+                             f"not {out.main_head_init!r}")
         if out.regime not in ("pretrain-freeze-finetune", "joint", "supervised"):
             raise ValueError(f"unknown regime {out.regime!r}; use pretrain-freeze-finetune, joint "
                              f"or supervised")

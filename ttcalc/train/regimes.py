@@ -151,6 +151,8 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
 
     if cfg.continue_pretraining and not (cfg.init_checkpoint and cfg.regime == "pretrain-freeze-finetune"):
         raise ValueError("continue_pretraining needs init_checkpoint and regime='pretrain-freeze-finetune'")
+    if cfg.main_head_init == "checkpoint" and not cfg.init_checkpoint:
+        raise ValueError("main_head_init='checkpoint' needs init_checkpoint")
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out_path = Path(cfg.output)
@@ -187,6 +189,8 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
                                              **common)
         if cfg.main_head_init == "prior":
             model.heads["main"].copy_mlp_from(model.heads["prior"])
+        elif cfg.main_head_init == "checkpoint":
+            load_pretrained_weights(model, cfg.init_checkpoint, ("heads.main.",))
         stages["finetune"] = train_stage(model, train, {"main": main_t}, val, {"main": main_v},
                                          ["main"], cfg.finetune, name="finetune", **common)
     elif cfg.regime == "joint":
