@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,17 +52,10 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as JSON via a temporary file + ``os.replace`` (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(to_jsonable(obj), fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ttcalc.files import atomic_write
+
+    with atomic_write(path, "w") as fh:
+        json.dump(to_jsonable(obj), fh, indent=1)
 
 
 def _stability_cell(value: Any) -> str:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,12 +167,11 @@ def _load_resume(path: Path, atoms: Atoms, settings: dict, recorder: _Recorder) 
     if n_file > n_frames:
         # a crash between the frame and the sidecar write: drop the frame the sidecar does not know
         logger.warning("run_md: %s has %d frames, state has %d; truncating", path, n_file, n_frames)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        with TrajectoryWriter(tmp, "w") as writer:
+        from ttcalc.files import atomic_path
+
+        with atomic_path(path) as tmp, TrajectoryWriter(tmp, "w") as writer:
             for frame in frames:
                 writer.write(frame)
-        os.replace(tmp, path)
     interval = settings["log_interval"]
     for k, frame in enumerate(frames):
         epot = frame.calc.results.get("energy", np.nan) if frame.calc is not None else np.nan

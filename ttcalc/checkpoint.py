@@ -21,11 +21,11 @@ Writes are atomic (temporary file + ``os.replace``) so a crash never leaves a ha
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .files import atomic_write
 
 FORMAT = "ttcalc-checkpoint"
 FORMAT_VERSION = 1
@@ -38,21 +38,10 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``torch.save`` to ``path`` atomically (:func:`ttcalc.files.atomic_write`)."""
+    with atomic_write(path, "wb") as fh:
+        torch.save(obj, fh)
+    return Path(path)
 
 
 def checkpoint_dict(model, metadata: dict | None = None) -> dict:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +23,7 @@ from ase import Atoms
 from tqdm import tqdm
 
 from ttcalc.data.frames import with_labels
+from ttcalc.files import atomic_write
 from ttcalc.paths import cache_dir
 from ttcalc.priors.base import Prior
 
@@ -73,14 +72,8 @@ def _read_label(path: Path, n_atoms: int) -> tuple[float, np.ndarray] | None:
 
 def _write_label(path: Path, energy: float, forces: np.ndarray) -> None:
     flat = np.concatenate([[energy], np.asarray(forces, dtype=np.float64).reshape(-1)])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, flat)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as handle:
+        np.save(handle, flat)
 
 
 def label_with_prior(
