@@ -4,7 +4,7 @@
 name           what it is
 =============  ==============================================================================
 ``md17-abu``   TensorNet trained on rMD17 aspirin, benzene and uracil (main head: PBE/def2-SVP,
-               prior head: GFN2-xTB, so TTT needs no labels); model card: ``md17-abu.md``.
+               prior head: GFN2-xTB, so TTT needs no labels); version 3; model card: ``md17-abu.md``.
 ``md17-abu-sgdml``  the same architecture and data with an sGDML prior head (TTT on a new molecule
                needs an sGDML model fitted to a few labelled frames of it); same model card.
 =============  ==============================================================================
@@ -15,9 +15,11 @@ from importlib import resources
 from pathlib import Path
 
 PRETRAINED = {"md17-abu": "md17-abu.pt", "md17-abu-sgdml": "md17-abu-sgdml.pt"}
-#: the config that rebuilds each shipped model
-CONFIGS = {"md17-abu": "benchmarks/md17_unseen/train_xtb.toml",
-           "md17-abu-sgdml": "benchmarks/md17_unseen/train_sgdml.toml"}
+#: the configs that rebuild each shipped model, run in this order (each later one warm-starts from
+#: the checkpoint the one before it wrote)
+CONFIGS = {"md17-abu": ("benchmarks/md17_unseen/train_xtb.toml", "benchmarks/md17_unseen/train_xtb_v2.toml",
+                        "benchmarks/md17_unseen/train_xtb_v3.toml"),
+           "md17-abu-sgdml": ("benchmarks/md17_unseen/train_sgdml.toml",)}
 
 
 def pretrained_path(name: str) -> Path:
@@ -28,7 +30,7 @@ def pretrained_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained model {name!r} is not in this installation ({path}); build it with "
-            f"`ttcalc train --config {CONFIGS[name]}`"
+            + ", then ".join(f"`ttcalc train --config {c}`" for c in CONFIGS[name])
         )
     return path
 
