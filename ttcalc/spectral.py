@@ -180,13 +180,24 @@ def spectral_quantiles(spectra: np.ndarray, n: int = N_QUANTILES) -> np.ndarray:
     return spectra[..., np.minimum((levels * size).astype(int), size - 1)]
 
 
+def _w2_squared(quantiles_a: np.ndarray, quantiles_b: np.ndarray) -> np.ndarray:
+    """``(1/n) Σ_k (Q_a(p_k) − Q_b(p_k))²`` over the last axis (broadcasting)."""
+    return np.mean((quantiles_a - quantiles_b) ** 2, axis=-1)
+
+
+def _padded_squared(spectra: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Eq. 5 over the last axis (broadcasting), both sides zero-padded at the front to the longer."""
+    n = max(spectra.shape[-1], reference.shape[-1])
+    return np.sum((pad_spectrum(spectra, n) - pad_spectrum(reference, n)) ** 2, axis=-1)
+
+
 def distribution_distance(quantiles_a: np.ndarray, quantiles_b: np.ndarray) -> float:
     """``W₂² ≈ (1/n) Σ_k (Q_a(p_k) − Q_b(p_k))²`` between two quantile functions of equal length."""
     a = np.asarray(quantiles_a, dtype=np.float64)
     b = np.asarray(quantiles_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"quantile functions must be 1-D and of equal length, got {a.shape} and {b.shape}")
-    return float(np.mean((a - b) ** 2))
+    return float(_w2_squared(a, b))
 
 
 def spectral_distance(spectrum_a: np.ndarray, spectrum_b: np.ndarray) -> float:
@@ -195,8 +206,7 @@ def spectral_distance(spectrum_a: np.ndarray, spectrum_b: np.ndarray) -> float:
     b = np.asarray(spectrum_b, dtype=np.float64)
     if a.ndim != 1 or b.ndim != 1:
         raise ValueError(f"spectra must be 1-D, got shapes {a.shape} and {b.shape}")
-    n = max(len(a), len(b))
-    return float(np.sum((pad_spectrum(a, n) - pad_spectrum(b, n)) ** 2))
+    return float(_padded_squared(a, b))
 
 
 @dataclass
@@ -264,9 +274,8 @@ class TrainingSpectrum:
         W₂² between quantile functions.
         """
         if self._metric(metric) == "padded":
-            n = max(spectra.shape[-1], self.n_pad)
-            return np.sum((pad_spectrum(spectra, n) - pad_spectrum(self.mean, n)) ** 2, axis=-1)
-        return np.mean((spectral_quantiles(spectra, len(self.quantiles)) - self.quantiles) ** 2, axis=-1)
+            return _padded_squared(spectra, self.mean)
+        return _w2_squared(spectral_quantiles(spectra, len(self.quantiles)), self.quantiles)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists and floats), e.g. to store inside a model checkpoint."""
@@ -322,11 +331,11 @@ def build_training_spectrum(
     raw = [_spectra(pair_distances(s, cutoff=radius), radii)[0] for s in structures]
     spectra = np.stack([pad_spectrum(x, n_pad) for x in raw])
     mean = spectra.mean(axis=0)
-    distances = np.sum((spectra - mean) ** 2, axis=1)
+    distances = _padded_squared(spectra, mean)
     quantiles = np.stack([spectral_quantiles(x) for x in raw])
     q_mean = quantiles.mean(axis=0)  # the 1-D Wasserstein barycentre of the training spectra
     return TrainingSpectrum(mean=mean, n_pad=n_pad, radius=float(radius), distances=distances,
-                            quantiles=q_mean, quantile_distances=np.mean((quantiles - q_mean) ** 2, axis=1))
+                            quantiles=q_mean, quantile_distances=_w2_squared(quantiles, q_mean))
 
 
 def default_radius_grid(radius: float, low: float = 0.6, high: float = 1.4, n: int = 17) -> np.ndarray:
