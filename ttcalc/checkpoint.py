@@ -13,8 +13,8 @@ A checkpoint is a ``torch.save`` dict of plain types and tensors (loadable with
 ``units``          ``{"energy": "eV", "length": "Angstrom"}``
 ``dtype``          ``"float32"`` or ``"float64"``
 ``metadata``       free-form JSON-able dict (training config, data, timings)
-``cutoff``         optional: the active graph radius when it differs from the config's (a model
-                   saved after radius refinement reloads with its refined cutoff)
+``cutoff``         the active graph radius, which differs from the config's after radius refinement
+                   (the model reloads with it); absent in older checkpoints
 =================  ==========================================================================
 
 Writes are atomic (temporary file + ``os.replace``) so a crash never leaves a half-written file.

@@ -21,29 +21,6 @@ def _default_mode() -> int:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """``with atomic_write(path, "w") as fh: ...`` writes ``path`` all at once or not at all.
-
-    ``mode`` is ``"w"`` (text) or ``"wb"`` (binary). Missing parent folders are created.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """For writers that need a file *name* (e.g. ASE's ``TrajectoryWriter``): ``with atomic_path(p)
     as tmp: write(tmp)``; then ``tmp`` replaces ``p``. On an exception ``p`` is left untouched."""
@@ -58,3 +35,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """``with atomic_write(path, "w") as fh: ...`` writes ``path`` all at once or not at all.
+
+    ``mode`` is ``"w"`` (text) or ``"wb"`` (binary). Missing parent folders are created. The data
+    are fsynced before the rename, so a power cut cannot leave the new name on empty content.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
