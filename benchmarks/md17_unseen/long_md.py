@@ -71,14 +71,13 @@ def main() -> None:
                 alive.remove(s)
                 status[s], stop_ps[s] = rr.status, rr.time_ps
         done_ps = args.time_ps
-        write_json_atomic(out, summarise(args, label, frames, energies, status, stop_ps, done_ps, alive,
+        write_json_atomic(out, summarise(args, label, None, frames, energies, status, stop_ps, done_ps, alive,
                                          ref_pos, start, r, h_ref, time.perf_counter() - t0))
         print_summary(out)
         return
     model = load_model(args.model)
     if args.cutoff is not None:
         model.set_cutoff(args.cutoff)
-    args.cutoff = model.cutoff  # recorded in the results (a checkpoint may carry a refined one)
     traj = {s: Path(args.out) / "trajectories" / f"{args.molecule}-{label}-{args.ensemble}-{s}.traj"
             for s in seeds} if args.trajectories else None
     if traj:
@@ -109,8 +108,9 @@ def main() -> None:
                    if still else None)
         alive = still
         done_ps += chunk
-        write_json_atomic(out, summarise(args, label, frames, energies, status, stop_ps, done_ps, alive,
-                                         ref_pos, start, r, h_ref, time.perf_counter() - t0))
+        # the cutoff actually used is recorded: a checkpoint may carry a refined one
+        write_json_atomic(out, summarise(args, label, model.cutoff, frames, energies, status, stop_ps, done_ps,
+                                         alive, ref_pos, start, r, h_ref, time.perf_counter() - t0))
         logging.info("%s %s %s: %.1f ps done, %d/%d seeds running (%.0f s)", args.molecule, label,
                      args.ensemble, done_ps, len(alive), len(seeds), time.perf_counter() - t0)
     print_summary(out)
@@ -126,7 +126,7 @@ def print_summary(path: Path) -> None:
     print(json.dumps(res, indent=1))
 
 
-def summarise(args, label, frames, energies, status, stop_ps, done_ps, alive, ref_pos, start, r, h_ref,
+def summarise(args, label, cutoff, frames, energies, status, stop_ps, done_ps, alive, ref_pos, start, r, h_ref,
               seconds) -> dict:
     runs = []
     interval_fs = args.log_interval * 0.5
@@ -149,7 +149,7 @@ def summarise(args, label, frames, energies, status, stop_ps, done_ps, alive, re
     stable = [e["stable_ps"] for e in runs]
     maes = [e["hr_mae"] for e in runs if "hr_mae" in e]
     return {"model": args.model or args.prior, "label": label, "molecule": args.molecule, "ensemble": args.ensemble,
-            "cutoff": args.cutoff, "temperature_K": 500.0, "timestep_fs": 0.5, "friction_per_fs": 0.01, "target_ps": args.time_ps,
+            "cutoff": cutoff, "temperature_K": 500.0, "timestep_fs": 0.5, "friction_per_fs": 0.01, "target_ps": args.time_ps,
             "simulated_ps": done_ps, "seconds": seconds, "runs": runs,
             "stability": stability_summary(stable, full_time_ps=args.time_ps),
             "hr_r": [round(float(x), 6) for x in r], "hr_reference": [round(float(x), 6) for x in h_ref],
