@@ -73,7 +73,11 @@ class ExtraStepsResult:
         return self.mlip.converged and self.reference.converged
 
 
-def _max_force(atoms: Atoms) -> float:
+def max_force(atoms: Atoms, calc: Calculator | None = None) -> float:
+    """max_i |F_i| (eV/Å): with ``atoms``' own calculator, or on a copy with ``calc`` attached."""
+    if calc is not None:
+        atoms = atoms.copy()
+        atoms.calc = calc
     return float(np.linalg.norm(atoms.get_forces(), axis=1).max())
 
 
@@ -105,7 +109,7 @@ def relax(
         n_steps=n_steps,
         converged=converged,
         energy=float(atoms.get_potential_energy()),
-        fmax_final=_max_force(atoms),
+        fmax_final=max_force(atoms),
         trajectory=traj,
     )
 

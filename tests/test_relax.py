@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from md_protocols import kabsch_rmsd, pes_along_hessian, relax, relax_extra_steps
 from md_protocols.pes import _rigid_basis, finite_difference_hessian, vibrational_modes
 from md_protocols.plots import plot_pes
-from md_protocols.relax import pyscf_calculator
+from md_protocols.relax import max_force, pyscf_calculator
 from ttcalc.paths import dataset_path
 
 HAS_PYSCF = importlib.util.find_spec("pyscf") is not None
@@ -64,6 +64,16 @@ def test_relax_reports_the_steps_it_took(rattled_cu13, optimizer, tmp_path):
     np.testing.assert_array_equal(rattled_cu13.positions, start)  # relax works on a copy
     again = relax(res.atoms, EMT(), fmax=0.01, optimizer=optimizer)
     assert again.n_steps == 0 and again.converged
+
+
+def test_max_force_uses_the_given_calculator_on_a_copy(rattled_cu13):
+    own = rattled_cu13.copy()
+    own.calc = EMT()
+    expected = np.linalg.norm(own.get_forces(), axis=1).max()
+    assert max_force(own) == pytest.approx(expected)
+    assert max_force(rattled_cu13, EMT()) == pytest.approx(expected)
+    assert max_force(rattled_cu13, LennardJones()) != pytest.approx(expected)
+    assert rattled_cu13.calc is None  # the given calculator went onto a copy
 
 
 def test_relax_rejects_unknown_optimizer(rattled_cu13):

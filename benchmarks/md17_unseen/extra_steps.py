@@ -21,10 +21,8 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 from md_protocols import relax, relax_extra_steps
-from md_protocols.relax import kabsch_rmsd, pyscf_calculator, xtb_reference
+from md_protocols.relax import kabsch_rmsd, max_force, pyscf_calculator, xtb_reference
 from md_protocols.report import write_json_atomic
 from ttcalc import TTTCalculator
 from ttcalc.bench import load_prior
@@ -48,12 +46,6 @@ def variant_calculators(results: Path, model: str, molecule: str, prior: str) ->
     if adapted.exists():
         calcs["mlip+ttt"] = TTTCalculator(str(adapted), dtype="float64", compile=False, disagreement_every=0)
     return calcs
-
-
-def max_force(atoms, calc) -> float:
-    a = atoms.copy()
-    a.calc = calc
-    return float(np.linalg.norm(a.get_forces(), axis=1).max())
 
 
 def main() -> None:
