@@ -25,6 +25,11 @@ def predict_frames(model, frames: Sequence[Atoms], head: str = "main",
     return np.concatenate(energies), forces
 
 
+def force_component_errors(pred_f: Sequence[np.ndarray], ref_f: Sequence[np.ndarray]) -> np.ndarray:
+    """All force-component differences of two per-frame force lists, flattened (eV/Å)."""
+    return np.concatenate([np.ravel(np.asarray(p) - np.asarray(r)) for p, r in zip(pred_f, ref_f)])
+
+
 def error_metrics(pred_e: np.ndarray, pred_f: Sequence[np.ndarray], ref_e: np.ndarray,
                   ref_f: Sequence[np.ndarray]) -> dict:
     """MAE/RMSE of energies (meV) and force components (meV/Å).
@@ -34,7 +39,7 @@ def error_metrics(pred_e: np.ndarray, pred_f: Sequence[np.ndarray], ref_e: np.nd
     offset-free error is what matters for dynamics.
     """
     de = np.asarray(pred_e) - np.asarray(ref_e)
-    df = np.concatenate([np.ravel(p - r) for p, r in zip(pred_f, ref_f)])
+    df = force_component_errors(pred_f, ref_f)
     return {
         "n_frames": int(len(de)),
         "energy_mae_meV": float(np.abs(de).mean() * 1e3),

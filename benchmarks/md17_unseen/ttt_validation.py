@@ -40,9 +40,9 @@ GRIDS = {
         ("1000 steps, no ID-loss stop, all of θR", _ROUND1_CHOSEN),
     ],
     # round 2, from round 1's choice (on both models): which configurations TTT fits. The default
-    # frames are 48 prior-MD snapshots 5 fs apart, 0.24 ps in all; the prior head then fits the test
-    # molecule's prior well near the start and less well over the thermal ensemble the errors are
-    # measured on (results/sgdml50/head_gap.json). Longer prior MD spreads the frames over more of it.
+    # frames are 48 prior-MD snapshots 5 fs apart, 0.24 ps in all, while the errors are measured over
+    # the thermal ensemble; after TTT the prior head is still 50 meV/Å from the prior there
+    # (results/sgdml50/head_gap.json). Longer prior MD tests whether wider coverage closes that gap.
     "frames": [
         ("round 1's choice (48 frames over 0.24 ps)", _ROUND1_CHOSEN),
         ("48 frames over 2.4 ps", {**_ROUND1_CHOSEN, "md_interval": 100}),
