@@ -4,7 +4,8 @@ Seeds of one model and molecule are integrated together (``md_protocols.run_batc
 call per step for all replicas) in chunks of ``--chunk-ps``; positions, momenta and thermostat
 streams carry over exactly between chunks, and after every chunk the results so far (stability time
 per seed by the Fu et al. bond criterion, h(r) MAE against all rMD17 frames, NVE drift) are written
-atomically, so a stopped run keeps what it simulated.
+atomically, so a stopped run keeps what it simulated. A prior (``--prior``) runs one ASE trajectory
+per seed, extended chunk by chunk the same way; ``--resume`` continues a stopped prior job.
 
     python benchmarks/md17_unseen/long_md.py --model MODEL.pt --molecule naphthalene \
         --ensemble nvt --seeds 3 --time-ps 100 --out benchmarks/md17_unseen/results/TAG/long
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from md_protocols import BondCollapseCheck, bonds_stability, hr, hr_mae, nve_drift, run_md, stability_summary
+from md_protocols.simulate import state_path
 from md_protocols.batched import run_batched_md
 from md_protocols.report import write_json_atomic
 from ttcalc import load_model
@@ -43,6 +45,10 @@ def main() -> None:
                    help="run the model at this graph radius (e.g. the one radius refinement chose)")
     p.add_argument("--trajectories", action="store_true",
                    help="also write one ASE .traj per seed (MLIP runs) to OUT/trajectories, chunk by chunk")
+    p.add_argument("--traj-dir", default=None,
+                   help="prior runs: where the per-seed trajectories go (default OUT/trajectories)")
+    p.add_argument("--resume", action="store_true",
+                   help="prior runs: continue from the trajectories a stopped job left")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     label = args.label or Path(args.model or args.prior.split(":")[-1]).stem
@@ -53,6 +59,9 @@ def main() -> None:
     start.calc = None
     check = BondCollapseCheck(ref_pos, numbers=start.numbers)
     seeds = list(range(args.seeds))
+    if args.prior:
+        run_prior(args, label, out, start, check, seeds, ref_pos, r, h_ref)
+        return
     rngs = {}  # thermostat generators, from the first chunk on (run_batched_md seeds them)
     frames = {s: [] for s in seeds}
     energies = {s: ([], []) for s in seeds}  # times, total energies
@@ -60,21 +69,6 @@ def main() -> None:
     stop_ps = {s: None for s in seeds}
     alive, structures, momenta = list(seeds), {s: start.copy() for s in seeds}, None
     done_ps, t0 = 0.0, time.perf_counter()
-    if args.prior:  # cheap priors: one ASE trajectory per seed (run_md's seeding, as the replicas)
-        calc = load_prior(args.prior).as_calculator()
-        for s in seeds:
-            rr = run_md(start, calc, ensemble=args.ensemble, temperature_K=500.0, timestep_fs=0.5,
-                        time_ps=args.time_ps, friction_per_fs=0.01, seed=s, log_interval=args.log_interval,
-                        checks=[check], progress=False)
-            frames[s], energies[s] = list(rr.frames), (rr.times_ps.tolist(), rr.energies["total"].tolist())
-            if rr.status != "finished":
-                alive.remove(s)
-                status[s], stop_ps[s] = rr.status, rr.time_ps
-        done_ps = args.time_ps
-        write_json_atomic(out, summarise(args, label, None, frames, energies, status, stop_ps, done_ps, alive,
-                                         ref_pos, start, r, h_ref, time.perf_counter() - t0))
-        print_summary(out)
-        return
     model = load_model(args.model)
     if args.cutoff is not None:
         model.set_cutoff(args.cutoff)
@@ -114,6 +108,63 @@ def main() -> None:
         logging.info("%s %s %s: %.1f ps done, %d/%d seeds running (%.0f s)", args.molecule, label,
                      args.ensemble, done_ps, len(alive), len(seeds), time.perf_counter() - t0)
     print_summary(out)
+
+
+def run_prior(args, label, out, start, check, seeds, ref_pos, r, h_ref) -> None:
+    """One ASE trajectory per seed, extended chunk by chunk (``run_md(resume=True)``).
+
+    Seeds advance together, one ``--chunk-ps`` at a time, and the results are written after every
+    chunk. ``run_md``'s resume restores positions, momenta and the thermostat stream exactly, so the
+    chunked run equals one uninterrupted run; with ``--resume`` a stopped job continues from its
+    trajectories.
+    """
+    calc = load_prior(args.prior).as_calculator()
+    folder = Path(args.traj_dir) if args.traj_dir else Path(args.out) / "trajectories"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {s: folder / f"{args.molecule}-{label}-{args.ensemble}-{s}.traj" for s in seeds}
+    if not args.resume:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+            state_path(path).unlink(missing_ok=True)
+    reached = {s: stored_ps(paths[s]) for s in seeds}
+    frames, energies, status, stop_ps = {}, {}, {s: "running" for s in seeds}, {s: None for s in seeds}
+    alive, t0 = list(seeds), time.perf_counter()
+    # continue from the last chunk boundary every seed has reached
+    done_ps = args.chunk_ps * np.floor(min(reached.values()) / args.chunk_ps + 1e-9)
+    while True:
+        target = min(done_ps + args.chunk_ps, args.time_ps) if done_ps < args.time_ps - 1e-9 else done_ps
+        for s in seeds:
+            if s not in alive and s in frames:
+                continue
+            # a seed already past the target (a resumed job) is only read back
+            rr = run_md(start, calc, ensemble=args.ensemble, temperature_K=500.0, timestep_fs=0.5,
+                        time_ps=max(target, reached[s]), friction_per_fs=0.01, seed=s,
+                        log_interval=args.log_interval, checks=[check], progress=False,
+                        trajectory=paths[s], resume=True)
+            reached[s] = rr.time_ps
+            frames[s], energies[s] = list(rr.frames), (rr.times_ps.tolist(), rr.energies["total"].tolist())
+            if rr.status != "finished" and s in alive:
+                alive.remove(s)
+                status[s], stop_ps[s] = rr.status, rr.time_ps
+        done_ps = target
+        write_json_atomic(out, summarise(args, label, None, frames, energies, status, stop_ps, done_ps, alive,
+                                         ref_pos, start, r, h_ref, time.perf_counter() - t0))
+        logging.info("%s %s %s: %.1f ps done, %d/%d seeds running (%.0f s)", args.molecule, label,
+                     args.ensemble, done_ps, len(alive), len(seeds), time.perf_counter() - t0)
+        if done_ps >= args.time_ps - 1e-9 or not alive:
+            break
+    print_summary(out)
+
+
+def stored_ps(trajectory: Path) -> float:
+    """Simulated time a ``run_md`` trajectory has reached, from its resume sidecar (0 if none)."""
+    import json
+
+    side = state_path(trajectory)
+    if not side.exists():
+        return 0.0
+    state = json.loads(side.read_text())
+    return state["step"] * state["settings"]["timestep_fs"] / 1000.0
 
 
 def print_summary(path: Path) -> None:
