@@ -48,3 +48,33 @@ def test_markdown_marks_runs_that_stopped_short():
     short_row = next(line for line in table.splitlines() if line.startswith("| short |"))
     assert "100.0 ± 0.0 (2)" in full_row and "stopped" not in full_row
     assert "70.0 ± 0.0 (2), run stopped at 70 of 100 ps" in short_row
+
+
+def test_long_md_prior_runs_chunked_and_resumed_equal_one_run(tmp_path):
+    """``long_md.py --prior``: chunks, and a job stopped and resumed, reproduce one uninterrupted run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "md17_unseen" / "long_md.py"
+
+    def run(label, time_ps, chunk_ps, *extra):
+        cmd = [sys.executable, str(script), "--prior", "xtb", "--label", label, "--molecule", "toluene",
+               "--ensemble", "nve", "--seeds", "2", "--log-interval", "4", "--time-ps", str(time_ps),
+               "--chunk-ps", str(chunk_ps), "--out", str(tmp_path), *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads((tmp_path / f"toluene-{label}-nve.json").read_text())
+
+    one = run("one", 0.04, 0.04)
+    run("cut", 0.02, 0.01)  # a job stopped at 0.02 ps ...
+    partial = json.loads((tmp_path / "toluene-cut-nve.json").read_text())
+    assert partial["simulated_ps"] == 0.02 and all(r["status"] == "finished" for r in partial["runs"])
+    resumed = run("cut", 0.04, 0.01, "--resume")  # ... continued to 0.04 ps
+    assert resumed["simulated_ps"] == one["simulated_ps"] == 0.04
+    for a, b in zip(one["runs"], resumed["runs"]):
+        assert a["status"] == b["status"] == "finished"
+        assert a["hr"] == b["hr"] and a["drift"] == b["drift"]
+    # without --resume a new job starts over: its result is that of 0.02 ps again, not 0.04
+    again = run("cut", 0.02, 0.01)
+    assert again["runs"][0]["drift"] == partial["runs"][0]["drift"]
