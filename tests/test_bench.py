@@ -42,12 +42,15 @@ def test_markdown_marks_runs_that_stopped_short():
         "full": {"errors": {"force_mae_meV_A": 49.4, "energy_mae_offset_meV": 15.6},
                  "nvt": {"stability": {**stab, "mean": 100.0}, "hr_mae": 0.13, "simulated_ps": 100, "target_ps": 100}},
         "short": {"errors": {"force_mae_meV_A": 49.4, "energy_mae_offset_meV": 15.6},
-                  "nve": {"stability": stab, "simulated_ps": 70, "target_ps": 100, "runs": []}}}}}}
+                  "nve": {"stability": stab, "simulated_ps": 70, "target_ps": 100,
+                          "runs": [{"drift": {"slope_meV_per_atom_per_ps": d}} for d in (1.2e-4, -3.4e-4)]}}}}}}
     table = markdown(res)
     full_row = next(line for line in table.splitlines() if line.startswith("| full |"))
     short_row = next(line for line in table.splitlines() if line.startswith("| short |"))
     assert "100.0 ± 0.0 (2)" in full_row and "stopped" not in full_row
     assert "70.0 ± 0.0 (2), run stopped at 70 of 100 ps" in short_row
+    # the drift cell is the worst seed's slope, not a mean that rounds to zero
+    assert short_row.endswith("| -0.00034 |") and full_row.endswith("| – |")
 
 
 def test_long_md_prior_runs_chunked_and_resumed_equal_one_run(tmp_path):
