@@ -44,12 +44,13 @@ def main() -> None:
     p.add_argument("--cutoff", type=float, default=None,
                    help="run the model at this graph radius (e.g. the one radius refinement chose)")
     p.add_argument("--trajectories", action="store_true",
-                   help="also write one ASE .traj per seed (MLIP runs) to OUT/trajectories, chunk by chunk")
-    p.add_argument("--traj-dir", default=None,
-                   help="prior runs: where the per-seed trajectories go (default OUT/trajectories)")
+                   help="MLIP runs: also write one ASE .traj per seed, chunk by chunk (prior runs always do)")
+    p.add_argument("--traj-dir", default=None, help="where the per-seed trajectories go (default OUT/trajectories)")
     p.add_argument("--resume", action="store_true",
                    help="prior runs: continue from the trajectories a stopped job left")
     args = p.parse_args()
+    if args.resume and not args.prior:
+        p.error("--resume continues prior runs only; an MLIP run restarts (it is batched and fast)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     label = args.label or Path(args.model or args.prior.split(":")[-1]).stem
     out = Path(args.out) / f"{args.molecule}-{label}-{args.ensemble}.json"
@@ -59,9 +60,12 @@ def main() -> None:
     start.calc = None
     check = BondCollapseCheck(ref_pos, numbers=start.numbers)
     seeds = list(range(args.seeds))
-    if args.prior:
-        run_prior(args, label, out, start, check, seeds, ref_pos, r, h_ref)
-        return
+    run = run_prior if args.prior else run_model
+    run(args, label, out, start, check, seeds, ref_pos, r, h_ref)
+
+
+def run_model(args, label, out, start, check, seeds, ref_pos, r, h_ref) -> None:
+    """All seeds as batched replicas of one model, integrated chunk by chunk (``run_batched_md``)."""
     rngs = {}  # thermostat generators, from the first chunk on (run_batched_md seeds them)
     frames = {s: [] for s in seeds}
     energies = {s: ([], []) for s in seeds}  # times, total energies
@@ -72,7 +76,7 @@ def main() -> None:
     model = load_model(args.model)
     if args.cutoff is not None:
         model.set_cutoff(args.cutoff)
-    traj = {s: Path(args.out) / "trajectories" / f"{args.molecule}-{label}-{args.ensemble}-{s}.traj"
+    traj = {s: trajectory_folder(args) / f"{args.molecule}-{label}-{args.ensemble}-{s}.traj"
             for s in seeds} if args.trajectories else None
     if traj:
         for path in traj.values():
@@ -119,8 +123,7 @@ def run_prior(args, label, out, start, check, seeds, ref_pos, r, h_ref) -> None:
     trajectories.
     """
     calc = load_prior(args.prior).as_calculator()
-    folder = Path(args.traj_dir) if args.traj_dir else Path(args.out) / "trajectories"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = trajectory_folder(args)
     paths = {s: folder / f"{args.molecule}-{label}-{args.ensemble}-{s}.traj" for s in seeds}
     if not args.resume:
         for path in paths.values():
@@ -154,6 +157,13 @@ def run_prior(args, label, out, start, check, seeds, ref_pos, r, h_ref) -> None:
         if done_ps >= args.time_ps - 1e-9 or not alive:
             break
     print_summary(out)
+
+
+def trajectory_folder(args) -> Path:
+    """``--traj-dir``, or OUT/trajectories (created)."""
+    folder = Path(args.traj_dir) if args.traj_dir else Path(args.out) / "trajectories"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def stored_ps(trajectory: Path) -> float:
