@@ -49,7 +49,7 @@ from md_protocols.report import to_jsonable, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MDResult", "run_md", "state_path", "STATUSES"]
+__all__ = ["MDResult", "run_md", "state_path", "saved_time_ps", "STATUSES"]
 
 #: every status an :class:`MDResult` can have ("stopped": a plain user check returned False)
 STATUSES = ("finished", "collapsed", "exploded", "nonfinite", "error", "stopped")
@@ -101,6 +101,16 @@ class MDResult:
 def state_path(trajectory: str | os.PathLike) -> Path:
     """The resume sidecar of a trajectory: ``<trajectory>.state.json``."""
     return Path(os.fspath(trajectory) + ".state.json")
+
+
+def saved_time_ps(trajectory: str | os.PathLike) -> float:
+    """Simulated time (ps) of the last frame a resumable run saved to ``trajectory`` (0 if none):
+    the ``time_ps`` from which ``run_md(..., resume=True)`` continues it."""
+    side = state_path(trajectory)
+    if not side.exists():
+        return 0.0
+    state = json.loads(side.read_text())
+    return state["step"] * state["settings"]["timestep_fs"] / 1000.0
 
 
 class _Recorder:

@@ -24,7 +24,7 @@ from md_protocols import (
     run_md,
     run_md_parallel,
 )
-from md_protocols.simulate import state_path
+from md_protocols.simulate import saved_time_ps, state_path
 from ttcalc.paths import dataset_path
 
 
@@ -161,6 +161,7 @@ def test_resume_extends_a_run_exactly(cu13, tmp_path):
     full = run_md(cu13, EMT(), time_ps=0.08, trajectory=tmp_path / "full.traj", **kw)  # 40 steps
     first = run_md(cu13, EMT(), time_ps=0.04, trajectory=tmp_path / "part.traj", **kw)  # 20 steps
     assert first.status == "finished" and first.steps == 20
+    assert saved_time_ps(tmp_path / "part.traj") == pytest.approx(0.04) and saved_time_ps(tmp_path / "x.traj") == 0.0
     rest = run_md(cu13, EMT(), time_ps=0.08, trajectory=tmp_path / "part.traj", resume=True, **kw)
     assert rest.status == "finished" and rest.steps == 40
     assert rest.frames.shape == full.frames.shape == (9, 13, 3)

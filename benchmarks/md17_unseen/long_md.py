@@ -13,6 +13,7 @@ per seed, extended chunk by chunk the same way; ``--resume`` continues a stopped
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from md_protocols import BondCollapseCheck, bonds_stability, hr, hr_mae, nve_drift, run_md, stability_summary
-from md_protocols.simulate import state_path
+from md_protocols.simulate import saved_time_ps, state_path
 from md_protocols.batched import run_batched_md
 from md_protocols.report import write_json_atomic
 from ttcalc import load_model
@@ -107,10 +108,8 @@ def run_model(args, label, out, start, check, seeds, ref_pos, r, h_ref) -> None:
         alive = still
         done_ps += chunk
         # the cutoff actually used is recorded: a checkpoint may carry a refined one
-        write_json_atomic(out, summarise(args, label, model.cutoff, frames, energies, status, stop_ps, done_ps,
-                                         alive, ref_pos, start, r, h_ref, time.perf_counter() - t0))
-        logging.info("%s %s %s: %.1f ps done, %d/%d seeds running (%.0f s)", args.molecule, label,
-                     args.ensemble, done_ps, len(alive), len(seeds), time.perf_counter() - t0)
+        save_chunk(out, summarise(args, label, model.cutoff, frames, energies, status, stop_ps, done_ps,
+                                  alive, ref_pos, start, r, h_ref, time.perf_counter() - t0))
     print_summary(out)
 
 
@@ -129,7 +128,7 @@ def run_prior(args, label, out, start, check, seeds, ref_pos, r, h_ref) -> None:
         for path in paths.values():
             path.unlink(missing_ok=True)
             state_path(path).unlink(missing_ok=True)
-    reached = {s: stored_ps(paths[s]) for s in seeds}
+    reached = {s: saved_time_ps(paths[s]) for s in seeds}
     frames, energies, status, stop_ps = {}, {}, {s: "running" for s in seeds}, {s: None for s in seeds}
     alive, t0 = list(seeds), time.perf_counter()
     # continue from the last chunk boundary every seed has reached
@@ -150,10 +149,8 @@ def run_prior(args, label, out, start, check, seeds, ref_pos, r, h_ref) -> None:
                 alive.remove(s)
                 status[s], stop_ps[s] = rr.status, rr.time_ps
         done_ps = target
-        write_json_atomic(out, summarise(args, label, None, frames, energies, status, stop_ps, done_ps, alive,
-                                         ref_pos, start, r, h_ref, time.perf_counter() - t0))
-        logging.info("%s %s %s: %.1f ps done, %d/%d seeds running (%.0f s)", args.molecule, label,
-                     args.ensemble, done_ps, len(alive), len(seeds), time.perf_counter() - t0)
+        save_chunk(out, summarise(args, label, None, frames, energies, status, stop_ps, done_ps, alive,
+                                  ref_pos, start, r, h_ref, time.perf_counter() - t0))
         if done_ps >= args.time_ps - 1e-9 or not alive:
             break
     print_summary(out)
@@ -166,21 +163,16 @@ def trajectory_folder(args) -> Path:
     return folder
 
 
-def stored_ps(trajectory: Path) -> float:
-    """Simulated time a ``run_md`` trajectory has reached, from its resume sidecar (0 if none)."""
-    import json
-
-    side = state_path(trajectory)
-    if not side.exists():
-        return 0.0
-    state = json.loads(side.read_text())
-    return state["step"] * state["settings"]["timestep_fs"] / 1000.0
+def save_chunk(out: Path, result: dict) -> None:
+    """Write the results so far (atomically) and log the progress they record."""
+    write_json_atomic(out, result)
+    running = sum(run["status"] in ("running", "finished") for run in result["runs"])  # not stopped
+    logging.info("%s %s %s: %.1f ps done, %d/%d seeds running (%.0f s)", result["molecule"], result["label"],
+                 result["ensemble"], result["simulated_ps"], running, len(result["runs"]), result["seconds"])
 
 
 def print_summary(path: Path) -> None:
     """The result file without its h(r) curves."""
-    import json
-
     res = json.loads(path.read_text())
     res = {k: v for k, v in res.items() if k not in ("hr_r", "hr_reference")}
     res["runs"] = [{k: v for k, v in run.items() if k != "hr"} for run in res["runs"]]
