@@ -100,8 +100,8 @@ def bonds_stability(
 
     Frame ``k`` of the trajectory stands for the time ``k * frame_interval_fs``. The result is
     ``k_c * frame_interval_fs / 1000`` for the first frame ``k_c`` with
-    ``max_b |d_b - <d_b>_ref| > threshold``, and ``T * frame_interval_fs / 1000`` (all ``T`` frames
-    stable) if there is none.
+    ``max_b |d_b - <d_b>_ref| > threshold``, and the time the frames span, ``(T - 1) *
+    frame_interval_fs / 1000``, if all ``T`` frames are stable.
 
     ``frames_or_positions`` and ``reference_positions``: arrays ``(T, N, 3)``, lists of Atoms or ASE
     trajectory paths. Bonds come from ``natural_cutoffs`` on the first reference frame unless given;
@@ -124,8 +124,9 @@ def bonds_stability(
     deviation = max_bond_deviation(pos, bonds, ref_mean)
     # a NaN deviation (non-finite positions) counts as collapsed
     failed = np.flatnonzero(~(deviation <= threshold))
-    n_stable = int(failed[0]) if failed.size else pos.shape[0]
-    return n_stable * frame_interval_fs / 1000.0
+    # a fully stable run lasted as long as its last frame's time, not one interval more
+    k = int(failed[0]) if failed.size else pos.shape[0] - 1
+    return k * frame_interval_fs / 1000.0
 
 
 def stability_summary(times_ps, full_time_ps: float | None = None) -> dict:

@@ -188,10 +188,9 @@ def summarise(args, label, cutoff, frames, energies, status, stop_ps, done_ps, a
         entry = {"seed": s, "status": "finished" if s in alive and done_ps >= args.time_ps - 1e-9 else
                  ("running" if s in alive else status[s]),
                  "simulated_ps": done_ps if s in alive else stop_ps[s]}
-        # frames k = 0..T-1 stand for k·interval; a fully stable run counts its simulated time
-        stable = (bonds_stability(f, ref_pos, numbers=start.numbers, frame_interval_fs=interval_fs)
-                  if len(f) > 1 else 0.0)
-        entry["stable_ps"] = min(stable, entry["simulated_ps"])
+        # the time of the first collapsed frame, or the time the frames span
+        entry["stable_ps"] = (bonds_stability(f, ref_pos, numbers=start.numbers, frame_interval_fs=interval_fs)
+                              if len(f) > 1 else 0.0)
         if len(f) > 1:
             h = hr(f)[1]
             entry["hr_mae"] = hr_mae(h, h_ref, r)
