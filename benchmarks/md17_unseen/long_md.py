@@ -187,11 +187,10 @@ def summarise(args, label, cutoff, frames, energies, status, stop_ps, done_ps, a
         f = np.asarray(frames[s])
         entry = {"seed": s, "status": "finished" if s in alive and done_ps >= args.time_ps - 1e-9 else
                  ("running" if s in alive else status[s]),
-                 "simulated_ps": done_ps if s in alive else stop_ps[s]}
-        # the time of the first collapsed frame, or the time the frames span
-        entry["stable_ps"] = (bonds_stability(f, ref_pos, numbers=start.numbers, frame_interval_fs=interval_fs)
-                              if len(f) > 1 else 0.0)
+                 "simulated_ps": done_ps if s in alive else stop_ps[s], "stable_ps": 0.0}
         if len(f) > 1:
+            # the time of the first collapsed frame, or the time the frames span
+            entry["stable_ps"] = bonds_stability(f, ref_pos, numbers=start.numbers, frame_interval_fs=interval_fs)
             h = hr(f)[1]
             entry["hr_mae"] = hr_mae(h, h_ref, r)
             entry["hr"] = [round(float(x), 6) for x in h]  # the curve, for plots (summarise.py)
