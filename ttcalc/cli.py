@@ -16,14 +16,24 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_train(args) -> int:
+    import torch
+
     from .train import load_config, train_model
+    from .train.trainer import TrainingInterrupted, init_distributed_from_env
 
     cfg = load_config(args.config)
     if args.output:
         cfg.output = args.output
     if args.init_checkpoint:
         cfg.init_checkpoint = args.init_checkpoint
-    _, report = train_model(cfg, progress=not args.quiet)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    init_distributed_from_env()
+    try:
+        _, report = train_model(cfg, progress=not args.quiet, resume=args.resume)
+    except TrainingInterrupted as exc:
+        print(f"{exc}\nresume with: ttcalc train --config {args.config} --resume", file=sys.stderr)
+        return 143
     print(json.dumps({k: report[k] for k in ("n_train", "n_val", "molecules", "stages", "timings")}, indent=2))
     print(f"model written to {cfg.output}")
     return 0
@@ -102,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-checkpoint", help="pretrain-freeze-finetune: take the representation and prior "
                    "head from this checkpoint and skip pretraining; joint: start from all its weights")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--resume", action="store_true", help="continue a stopped run from its state files "
+                   "(<output>.<stage>.state.pt): weights, optimiser, schedule, EMA, RNG and epoch")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="energy/force errors of a model on labelled frames")

@@ -19,6 +19,7 @@ import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -192,6 +193,7 @@ def load_rmd17(
     n: int | None = None,
     seed: int = 0,
     path: str | Path | None = None,
+    exclude: Sequence[str] = (),
 ) -> list[Atoms]:
     """Frames of an rMD17 molecule as ASE Atoms with energy (eV) and forces (eV/Å).
 
@@ -203,6 +205,8 @@ def load_rmd17(
             ``np.random.default_rng(seed).choice``; None keeps the whole split in file order.
         seed: seed of the draw.
         path: npz file or folder (see :func:`rmd17_file`); None for ``$TTCALC_DATA/rmd17``.
+        exclude: official splits whose frames are removed first (``split="all", exclude=["test_01"]``
+            is every frame a model may train on when it is tested on ``test_01``).
 
     Returns:
         Atoms with a SinglePointCalculator and ``info = {"dataset": "rmd17", "molecule": molecule,
@@ -221,6 +225,10 @@ def load_rmd17(
         )
     else:
         raise ValueError(f"unknown rMD17 split {split!r}; choose one of {list(RMD17_SPLITS)} or 'all'")
+    for name in exclude:
+        if name not in arrays.splits:
+            raise ValueError(f"cannot exclude split {name!r}: {arrays.path} has {sorted(arrays.splits)}")
+        index = np.setdiff1d(index, arrays.splits[name])
     if n is not None:
         if not 0 <= n <= len(index):
             raise ValueError(f"cannot draw n={n} frames from split {split!r} of {len(index)} frames")

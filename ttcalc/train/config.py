@@ -16,7 +16,9 @@ class DataConfig:
     """Where labelled frames come from.
 
     ``source="rmd17"`` takes ``n_train``+``n_val`` frames per molecule from an official train split
-    (test frames never enter training); ``source="files"`` reads extended XYZ / ASE db files.
+    (test frames never enter training); ``split="all"`` with ``exclude=["test_01"]`` takes every
+    frame outside the named splits, and ``n_train=0`` keeps all of them (after ``n_val`` for
+    validation). ``source="files"`` reads extended XYZ / ASE db files.
     """
 
     source: Literal["rmd17", "files"] = "rmd17"
@@ -26,6 +28,7 @@ class DataConfig:
     n_val: int = 100
     files: list[str] = field(default_factory=list)
     seed: int = 0
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -39,7 +42,14 @@ class PriorConfig:
 
 @dataclass
 class StageConfig:
-    """Optimisation settings of one training stage."""
+    """Optimisation settings of one training stage.
+
+    ``ema_decay`` > 0 validates and saves an exponential moving average of the weights;
+    ``epoch_frames`` > 0 makes an epoch that many frames drawn afresh (so a large training set
+    keeps a validation, schedule and patience clock of a fixed size); ``compile`` None chooses
+    the compiled force step by :func:`ttcalc.train.trainer.use_compiled_step`; the full training
+    state is saved every ``checkpoint_minutes`` when the stage has a state file.
+    """
 
     lr: float = 1e-3
     batch_size: int = 16
@@ -53,6 +63,11 @@ class StageConfig:
     force_weight: float = 10.0
     weight_decay: float = 0.0
     grad_clip: float = 100.0
+    ema_decay: float = 0.0
+    epoch_frames: int = 0
+    drop_last: bool = False
+    compile: bool | None = None
+    checkpoint_minutes: float = 5.0
 
 
 @dataclass

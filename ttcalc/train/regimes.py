@@ -44,7 +44,11 @@ def load_training_frames(cfg: TrainConfig) -> tuple[list[Atoms], list[Atoms], li
     train, val, groups = [], [], []
     if d.source == "rmd17":
         for mol in d.molecules:
-            frames = load_rmd17(mol, split=d.split, n=d.n_train + d.n_val, seed=d.seed)
+            if d.n_train:
+                frames = load_rmd17(mol, split=d.split, n=d.n_train + d.n_val, seed=d.seed, exclude=d.exclude)
+            else:  # every frame of the split (outside ``exclude``), shuffled
+                frames = load_rmd17(mol, split=d.split, exclude=d.exclude)
+                frames = [frames[i] for i in np.random.default_rng(d.seed).permutation(len(frames))]
             val += frames[: d.n_val]
             train += frames[d.n_val:]
             groups.append(mol)
@@ -141,11 +145,21 @@ def training_stats(cfg: TrainConfig, model: MultiHeadPotential, ds: Dataset) -> 
     return stats
 
 
-def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | None = None):
+def stage_state_path(output: str | Path, stage: str) -> Path:
+    """Where :func:`train_model` keeps the resumable state of one stage: ``<output>.<stage>.state.pt``."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}.{stage}.state.pt")
+
+
+def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | None = None,
+                resume: bool = False):
     """Run the configured regime; returns the trained model and a JSON-able report.
 
     The best model is written to ``cfg.output`` (atomically), with ``cfg`` in its metadata so
-    the checkpoint says how to reproduce it. A CSV log goes beside it.
+    the checkpoint says how to reproduce it. A CSV log goes beside it. Each stage keeps its full
+    state in :func:`stage_state_path`; ``resume=True`` skips finished stages and continues a
+    stopped one exactly (see :func:`~ttcalc.train.trainer.train_stage`). Without it, old state
+    files of the same output are removed and training starts over.
     """
     import torch
 
@@ -177,8 +191,15 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
     main_t, main_v = Targets.from_frames(train), Targets.from_frames(val)
     stages = {}
     # every improvement is saved (atomically) as it happens, so a crash loses at most one epoch
+    stage_names = {"pretrain-freeze-finetune": ("pretrain", "finetune"), "joint": ("joint",),
+                   "supervised": ("supervised",)}[cfg.regime]
+    if not resume:
+        for s in stage_names:
+            stage_state_path(out_path, s).unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
     common = dict(log_path=log_path, checkpoint_path=out_path.with_suffix(".partial.pt"), seed=cfg.seed,
-                  progress=progress)
+                  progress=progress, resume=resume)
+    at = {s: {"state_path": stage_state_path(out_path, s)} for s in stage_names}
     if cfg.regime == "pretrain-freeze-finetune":
         prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
         if cfg.init_checkpoint:
@@ -186,13 +207,14 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
         if not cfg.init_checkpoint or cfg.continue_pretraining:
             stages["pretrain"] = train_stage(model, train, {"prior": prior_t}, val, {"prior": prior_v},
                                              ["representation", "prior"], cfg.pretrain, name="pretrain",
-                                             **common)
+                                             **common, **at["pretrain"])
         if cfg.main_head_init == "prior":
             model.heads["main"].copy_mlp_from(model.heads["prior"])
         elif cfg.main_head_init == "checkpoint":
             load_pretrained_weights(model, cfg.init_checkpoint, ("heads.main.",))
         stages["finetune"] = train_stage(model, train, {"main": main_t}, val, {"main": main_v},
-                                         ["main"], cfg.finetune, name="finetune", **common)
+                                         ["main"], cfg.finetune, name="finetune", **common,
+                                         **at["finetune"])
     elif cfg.regime == "joint":
         prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
         hw = {"main": 1.0, "prior": cfg.joint_prior_weight}
@@ -201,10 +223,12 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
             load_pretrained_weights(model, cfg.init_checkpoint, ("representation.", "heads.prior.", "heads.main."))
         stages["joint"] = train_stage(model, train, {"main": main_t, "prior": prior_t}, val,
                                       {"main": main_v, "prior": prior_v}, ["representation", "main", "prior"],
-                                      cfg.pretrain, head_weights=hw, name="joint", **common)
+                                      cfg.pretrain, head_weights=hw, name="joint", **common,
+                                      **at["joint"])
     else:
         stages["supervised"] = train_stage(model, train, {"main": main_t}, val, {"main": main_v},
-                                           ["representation", "main"], cfg.pretrain, name="supervised", **common)
+                                           ["representation", "main"], cfg.pretrain, name="supervised",
+                                           **common, **at["supervised"])
     model.stats = training_stats(cfg, model, ds)
     timings["total_s"] = time.perf_counter() - t_start
     report = {
@@ -216,5 +240,7 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
     }
     model.save(out_path, metadata={"train_config": cfg.to_dict(), "report": report})
     out_path.with_suffix(".partial.pt").unlink(missing_ok=True)
+    for s in stage_names:
+        stage_state_path(out_path, s).unlink(missing_ok=True)
     log.info("saved %s (%.1f s)", out_path, timings["total_s"])
     return model, report

@@ -14,10 +14,13 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,10 +29,17 @@ from tqdm.auto import tqdm
 
 from ..batch import Batch, collate
 from ..losses import LossWeights, energy_force_loss
+from ..checkpoint import atomic_torch_save
+from ..files import atomic_write
 from ..model import MultiHeadPotential, restore, snapshot
 from .config import StageConfig
+from .force_step import ForceStep
 
 log = logging.getLogger(__name__)
+
+#: the auto-compile rule of :func:`use_compiled_step`: a trace and an inductor compile per batch
+#: shape cost minutes on 2 CPU cores, and the compiled step saves a few ms per frame
+COMPILE_MIN_STEPS = 2000
 
 
 @dataclass
@@ -137,18 +147,23 @@ def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list,
 class StageMonitor:
     """Per-epoch bookkeeping shared by every training loop: CSV log, progress bar, best weights
     (saved atomically to ``checkpoint_path`` on each improvement, restored at the end) and the stop
-    rules of :class:`StageConfig` (patience, min_lr, time budget)."""
+    rules of :class:`StageConfig` (patience, min_lr, time budget).
+
+    ``state_dict``/``load_state_dict`` carry what a resumed stage needs (best loss and weights,
+    patience counter, history, elapsed time)."""
 
     def __init__(self, model: MultiHeadPotential, cfg: StageConfig, name: str, initial_val: float,
                  extra_columns: Sequence[str] = (), log_path: str | Path | None = None,
                  checkpoint_path: str | Path | None = None, progress: bool = True):
         self.model, self.cfg, self.name = model, cfg, name
         self.checkpoint_path = checkpoint_path
+        self.initial_val = initial_val
         self.best, self.best_state, self.stale = initial_val, snapshot(model), 0
         self.history: list[dict] = []
         self.reason = f"max_epochs ({cfg.max_epochs})"
         self.epoch = 0
         self.t0 = time.perf_counter()
+        self.log_path, self.extra_columns = log_path, list(extra_columns)
         self.writer, self.fh = None, None
         if log_path is not None:
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +171,7 @@ class StageMonitor:
             self.writer = csv.writer(self.fh)
             if self.fh.tell() == 0:
                 self.writer.writerow(["stage", "epoch", "lr", "train_loss", "val_loss", "seconds"]
-                                     + list(extra_columns))
+                                     + self.extra_columns)
         self.bar = tqdm(total=cfg.max_epochs, desc=name, disable=not progress, unit="epoch")
 
     def __enter__(self) -> "StageMonitor":
@@ -166,6 +181,30 @@ class StageMonitor:
         self.bar.close()
         if self.fh is not None:
             self.fh.close()
+
+    def state_dict(self) -> dict:
+        return {"initial_val": self.initial_val, "best": self.best, "best_state": self.best_state,
+                "stale": self.stale, "history": self.history, "epoch": self.epoch,
+                "elapsed": time.perf_counter() - self.t0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.initial_val, self.best, self.stale = state["initial_val"], state["best"], state["stale"]
+        self.best_state, self.history, self.epoch = state["best_state"], list(state["history"]), state["epoch"]
+        self.t0 = time.perf_counter() - state["elapsed"]
+        self.bar.update(self.epoch)
+        if self.fh is not None:
+            self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        # a hard kill after the last saved state leaves rows of epochs the resumed stage will redo
+        self.fh.close()
+        with open(self.log_path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        keep = [r for r in rows[1:] if r[0] != self.name or int(r[1]) <= self.epoch]
+        with atomic_write(self.log_path, "w") as fh:
+            csv.writer(fh).writerows(rows[:1] + keep)
+        self.fh = open(self.log_path, "a", newline="")
+        self.writer = csv.writer(self.fh)
 
     def end_epoch(self, epoch: int, lr: float, train_loss: float, val_loss: float,
                   extra: Sequence[float] = ()) -> bool:
@@ -206,47 +245,229 @@ class StageMonitor:
         return StageResult(self.best, self.epoch, time.perf_counter() - self.t0, self.reason, self.history)
 
 
+class ParameterEMA:
+    """Exponential moving average of the trainable parameters, θ̄ ← d·θ̄ + (1 − d)·θ after every
+    optimiser step (Polyak averaging, as MACE and nequip evaluate with). ``applied()`` swaps θ̄ in
+    for validation and checkpoints and swaps θ back for training."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.params, self.decay = params, float(decay)
+        self.average = {n: p.detach().clone() for n, p in params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for n, p in self.params.items():
+            self.average[n].lerp_(p.detach(), 1.0 - self.decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        live = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self.average[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(live[n])
+
+
+class TrainingInterrupted(RuntimeError):
+    """A stage was stopped on request (SIGTERM/SIGINT); its state is saved at ``state_path``."""
+
+    def __init__(self, name: str, state_path: Path | None):
+        self.state_path = state_path
+        where = f"; state saved to {state_path}, continue with --resume" if state_path else ""
+        super().__init__(f"{name}: stopped on request{where}")
+
+
+class StopSignal:
+    """Turns SIGTERM and SIGINT into a request that the loop honours at the next batch boundary,
+    so a stopped stage always leaves a consistent state file. Handlers are installed only in the
+    main thread and restored on exit; ``request()`` is the same for code (and tests)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict = {}
+
+    def request(self, *_args) -> None:
+        self.requested = True
+
+    def after_batch(self, done: int) -> None:
+        """Hook called after every batch (``done`` batches so far in this process)."""
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self.request) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+
+def epoch_batches(sizes: np.ndarray, cfg: StageConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's mini-batches: ``cfg.epoch_frames`` frames drawn afresh each epoch (all when 0),
+    size-bucketed, without the incomplete batch of each size when ``cfg.drop_last``."""
+    chosen = np.arange(len(sizes))
+    if 0 < cfg.epoch_frames < len(sizes):
+        chosen = np.sort(rng.choice(len(sizes), cfg.epoch_frames, replace=False))
+    batches = [chosen[b] for b in size_bucketed_batches(sizes[chosen], cfg.batch_size, rng)]
+    if cfg.drop_last:
+        batches = [b for b in batches if len(b) == cfg.batch_size] or batches
+    return batches
+
+
+def use_compiled_step(cfg: StageConfig, n_frames: int) -> bool:
+    """``cfg.compile``, or with ``None`` the rule: compile when the stage plans at least
+    :data:`COMPILE_MIN_STEPS` optimiser steps, where one trace+compile per batch shape pays off."""
+    if cfg.compile is not None:
+        return bool(cfg.compile)
+    per_epoch = (cfg.epoch_frames or n_frames) / cfg.batch_size
+    return per_epoch * cfg.max_epochs >= COMPILE_MIN_STEPS
+
+
+@dataclass
+class _EpochPosition:
+    """Where a stage is inside its epochs: the current epoch's batches and how many are done."""
+
+    epoch: int = 1
+    batches: list | None = None
+    next_batch: int = 0
+    running: float = 0.0
+
+
+def _stage_state(model, opt, sched, ema, rng, monitor, pos, done=False, result=None) -> dict:
+    return {"format": "ttcalc-stage-state", "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "optimiser": opt.state_dict(), "scheduler": sched.state_dict(),
+            "ema": None if ema is None else ema.average, "np_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "monitor": monitor.state_dict() if monitor else None,
+            "position": vars(pos) if pos else None, "done": done, "result": result}
+
+
+def read_stage_state(path: str | Path) -> dict:
+    """A stage state written by :func:`train_stage` (our own file: full unpickling is safe)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != "ttcalc-stage-state":
+        raise ValueError(f"{path} is not a ttcalc training-state file")
+    return state
+
+
+def _batch_loss(step: ForceStep, batch: Batch, idx, targets: dict[str, Targets], head_weights: dict[str, float],
+                weights: LossWeights) -> torch.Tensor:
+    pred = step(batch)
+    loss = 0.0
+    for h, t in targets.items():
+        e, f = _label_tensors(t, idx, batch)
+        loss_h, _ = energy_force_loss(pred[h], e, f, batch.n_atoms, weights)
+        loss = loss + head_weights[h] * loss_h
+    return loss
+
+
 def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_targets: dict[str, Targets],
                 val_frames: Sequence[Atoms], val_targets: dict[str, Targets], groups: Sequence[str],
                 cfg: StageConfig, head_weights: dict[str, float] | None = None, name: str = "stage",
                 log_path: str | Path | None = None, checkpoint_path: str | Path | None = None,
-                seed: int = 0, progress: bool = True) -> StageResult:
+                seed: int = 0, progress: bool = True, state_path: str | Path | None = None,
+                resume: bool = False, stop: StopSignal | None = None) -> StageResult:
     """Train parameter ``groups`` on the heads in ``train_targets``; keep the best validation
-    weights (restored into ``model`` at the end) and save them to ``checkpoint_path``."""
+    weights (restored into ``model`` at the end) and save them to ``checkpoint_path``.
+
+    With ``state_path`` the whole stage state (weights, Adam moments, LR schedule, EMA, RNG,
+    epoch and batch position, best weights and patience) is written there atomically every
+    ``cfg.checkpoint_minutes``, on SIGTERM/SIGINT (then :class:`TrainingInterrupted` is raised)
+    and at the end; ``resume=True`` continues from it, and the continuation takes the same batches
+    in the same order as an uninterrupted run.
+    """
     rank, world = _world()
     head_weights = head_weights or {h: 1.0 for h in train_targets}
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
+    state_path = Path(state_path) if state_path is not None else None
+    saved = read_stage_state(state_path) if resume and state_path and state_path.exists() else None
+    if saved is not None and saved["done"]:
+        model.load_state_dict(saved["model"])
+        model.requires_grad_(False)
+        log.info("%s: already finished in %s", name, state_path)
+        return StageResult(**saved["result"])
     params, opt, sched = make_optimiser(model, groups, cfg, name)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    ema = ParameterEMA(named, cfg.ema_decay) if cfg.ema_decay else None
+    averaged = ema.applied if ema is not None else nullcontext
     rng = np.random.default_rng(seed)
     sizes = np.array([len(a) for a in train_frames])
-    evaluate = lambda: evaluate_loss(model, val_frames, val_targets, head_weights, weights)  # noqa: E731
-    monitor = StageMonitor(model, cfg, name, evaluate()["total"], [f"val_{h}" for h in val_targets],
+    step = ForceStep(model, tuple(train_targets), compile=use_compiled_step(cfg, len(train_frames)))
+
+    def evaluate() -> dict:
+        return evaluate_loss(model, val_frames, val_targets, head_weights, weights)
+
+    pos = _EpochPosition()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimiser"])
+        sched.load_state_dict(saved["scheduler"])
+        if ema is not None:
+            ema.average = {n: saved["ema"][n].clone() for n in named}
+        rng.bit_generator.state = saved["np_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        pos = _EpochPosition(**saved["position"])
+        initial = saved["monitor"]["initial_val"]
+        log.info("%s: resuming at epoch %d, batch %d from %s", name, pos.epoch, pos.next_batch, state_path)
+    else:
+        with averaged():
+            initial = evaluate()["total"]
+    monitor = StageMonitor(model, cfg, name, initial, [f"val_{h}" for h in val_targets],
                            log_path if rank == 0 else None,
                            checkpoint_path if rank == 0 else None, progress and rank == 0)
-    with monitor:
-        for epoch in range(1, cfg.max_epochs + 1):
-            batches = size_bucketed_batches(sizes, cfg.batch_size, rng)
-            running = 0.0
-            for idx in batches:
+    stop = stop or StopSignal()
+
+    def save(done: bool = False, result: dict | None = None) -> None:
+        if state_path is not None and rank == 0:
+            atomic_torch_save(_stage_state(model, opt, sched, ema, rng, monitor, pos, done, result), state_path)
+
+    with monitor, stop:
+        if saved is not None:
+            monitor.load_state_dict(saved["monitor"])
+        last_save, n_done = time.monotonic(), 0
+        while pos.epoch <= cfg.max_epochs:
+            if pos.batches is None:
+                pos.batches, pos.next_batch, pos.running = epoch_batches(sizes, cfg, rng), 0, 0.0
+            while pos.next_batch < len(pos.batches):
+                idx = pos.batches[pos.next_batch]
                 idx = idx[rank::world] if world > 1 else idx
-                if len(idx) == 0:
-                    continue
                 batch = collate([train_frames[i] for i in idx], model.cutoff, model.dtype, model.device)
                 opt.zero_grad(set_to_none=True)
-                pred = model(batch, heads=tuple(train_targets), create_graph=True)
-                loss = 0.0
-                for h, t in train_targets.items():
-                    e, f = _label_tensors(t, idx, batch)
-                    loss_h, _ = energy_force_loss(pred[h], e, f, batch.n_atoms, weights)
-                    loss = loss + head_weights[h] * loss_h
-                optimiser_step(loss, opt, params, cfg.grad_clip, name, epoch, world)
-                running += float(loss.detach())
-            val = evaluate()
-            sched.step(val["total"])
-            if monitor.end_epoch(epoch, opt.param_groups[0]["lr"], running / len(batches), val["total"],
-                                 [val[h] for h in val_targets]):
+                loss = _batch_loss(step, batch, idx, train_targets, head_weights, weights)
+                optimiser_step(loss, opt, params, cfg.grad_clip, name, pos.epoch, world)
+                if ema is not None:
+                    ema.update()
+                pos.running += float(loss.detach())
+                pos.next_batch += 1
+                n_done += 1
+                stop.after_batch(n_done)
+                if stop.requested or time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                    save()
+                    last_save = time.monotonic()
+                    if stop.requested:
+                        raise TrainingInterrupted(name, state_path)
+            with averaged():
+                val = evaluate()
+                sched.step(val["total"])
+                finished = monitor.end_epoch(pos.epoch, opt.param_groups[0]["lr"],
+                                             pos.running / len(pos.batches), val["total"],
+                                             [val[h] for h in val_targets])
+            pos = _EpochPosition(epoch=pos.epoch + 1)
+            if finished:
                 break
-    return monitor.result()
+        result = monitor.result()
+    pos = None
+    save(done=True, result=asdict(result))
+    return result
 
 
 def init_distributed_from_env() -> bool:

@@ -1,0 +1,134 @@
+"""Resumable training: a stage stopped at any batch and resumed ends with the weights of an
+uninterrupted run, bit for bit (same batches, Adam moments, schedule, EMA and RNG on one thread)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ttcalc.model import ModelConfig, MultiHeadPotential
+from ttcalc.representation import RepresentationConfig
+from ttcalc.train import StageConfig, Targets, train_stage
+from ttcalc.train.trainer import StopSignal, TrainingInterrupted, read_stage_state
+
+CFG = StageConfig(max_epochs=4, batch_size=8, lr=3e-3, patience=10, lr_patience=1, ema_decay=0.9,
+                  epoch_frames=24, compile=False)
+
+
+class StopAfter(StopSignal):
+    """Requests a stop after ``n`` batches, as SIGTERM would."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def after_batch(self, done: int) -> None:
+        if done == self.n:
+            self.request()
+
+
+def _model() -> MultiHeadPotential:
+    torch.manual_seed(0)
+    return MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=16, num_layers=1, num_rbf=8)))
+
+
+def _run(frames, state_path=None, resume=False, stop=None, model=None):
+    model = model or _model()
+    train, val = frames[:40], frames[40:56]
+    result = train_stage(model, train, {"main": Targets.from_frames(train)}, val,
+                         {"main": Targets.from_frames(val)}, ["representation", "main"], CFG,
+                         name="s", progress=False, state_path=state_path, resume=resume, stop=stop)
+    return model, result
+
+
+@pytest.mark.parametrize("stop_at", [1, 5, 3])  # first batch, mid-epoch, before a validation (3 per epoch)
+def test_stopped_and_resumed_stage_equals_uninterrupted_run(benzene_frames, tmp_path, stop_at):
+    torch.set_num_threads(1)
+    reference, ref_result = _run(benzene_frames)
+    state = tmp_path / "s.state.pt"
+    with pytest.raises(TrainingInterrupted, match="continue with --resume"):
+        _run(benzene_frames, state, stop=StopAfter(stop_at))
+    assert read_stage_state(state)["position"]["next_batch"] in (stop_at % 3, 3)
+    resumed, result = _run(benzene_frames, state, resume=True)  # a fresh model: all comes from the file
+    for (n, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert result.best_val_loss == ref_result.best_val_loss and result.epochs == ref_result.epochs
+    assert [h["val_loss"] for h in result.history] == [h["val_loss"] for h in ref_result.history]
+    assert read_stage_state(state)["done"]
+    again, _ = _run(benzene_frames, state, resume=True)  # a finished stage is not trained again
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), again.parameters()))
+
+
+def test_bad_state_file_and_bad_ema_are_refused(tmp_path, benzene_frames):
+    bad = tmp_path / "x.pt"
+    torch.save({"format": "something-else"}, bad)
+    with pytest.raises(ValueError, match="not a ttcalc training-state file"):
+        read_stage_state(bad)
+    from ttcalc.train.trainer import ParameterEMA
+
+    with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\)"):
+        ParameterEMA({}, 1.5)
+
+
+TOML = """regime = "pretrain-freeze-finetune"
+output = "{out}"
+spectrum_frames = 16
+[model.representation]
+hidden_channels = 16
+num_layers = 1
+num_rbf = 8
+[data]
+molecules = ["benzene"]
+n_train = 32
+n_val = 8
+[pretrain]
+max_epochs = 40
+batch_size = 8
+ema_decay = 0.9
+compile = false
+[finetune]
+max_epochs = 10
+batch_size = 8
+compile = false
+"""
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ttcalc.cli", "train", "--quiet", "--threads", "1", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_cli_sigterm_then_resume_gives_the_uninterrupted_model(tmp_path):
+    """``ttcalc train`` stopped by SIGTERM in the middle of pretraining, then ``--resume``."""
+    ref_cfg, cfg = tmp_path / "ref.toml", tmp_path / "run.toml"
+    ref_cfg.write_text(TOML.format(out=tmp_path / "ref.pt"))
+    cfg.write_text(TOML.format(out=tmp_path / "run.pt"))
+    assert _cli(["--config", str(ref_cfg)]).wait(timeout=600) == 0
+    proc = _cli(["--config", str(cfg)])
+    log = tmp_path / "run.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 3:  # header + 2 pretrain epochs
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "--resume" in err and (tmp_path / "run.pretrain.state.pt").exists()
+    done = _cli(["--config", str(cfg), "--resume"])
+    assert done.wait(timeout=600) == 0, done.stderr.read()
+    a = MultiHeadPotential.load(tmp_path / "ref.pt").state_dict()
+    b = MultiHeadPotential.load(tmp_path / "run.pt").state_dict()
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+    assert not (tmp_path / "run.pretrain.state.pt").exists()  # state files go once the model is saved
+    rows = [r.split(",")[:2] for r in log.read_text().splitlines()[1:]]
+    assert len(rows) == len(set(map(tuple, rows)))  # no epoch logged twice
