@@ -1,4 +1,10 @@
-"""Shared fixtures: real rMD17 frames and a small model trained on them with xTB labels."""
+"""Shared fixtures: real rMD17 frames and a small model trained on them with xTB labels.
+
+The suite reads only the fixtures in ``tests/data/`` (seeded subsets of the real data in the
+layout of the full files; ``tests/data/build_fixtures.py`` builds them and names sources and
+licences), so it runs in a fresh clone with nothing beside it. Tests against the full data live in
+``tests_full/``.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ttcalc.data import load_rmd17
+FIXTURES = Path(__file__).resolve().parent / "data"
+# before ttcalc reads it: the suite is about the code, so it always sees the same small data
+os.environ["TTCALC_DATA"] = str(FIXTURES)
+
+from ttcalc.data import load_rmd17  # noqa: E402
 
 # the caller's cache (CI sets a fresh one per run); read before the fixture below replaces it
 _MODEL_CACHE = Path(os.environ.get("TTCALC_CACHE", Path.home() / ".cache" / "ttcalc")) / "test-models"

@@ -95,6 +95,29 @@ def cmd_demo(args) -> int:
                     progress=not args.quiet)
 
 
+def cmd_data(args) -> int:
+    from .data.catalog import dataset_status, download
+
+    if args.data_command == "list":
+        rows = dataset_status()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        for r in rows:
+            where = f"{r['where']} ({r['size_mb']} MB, via {r['found_via']})" if r["present"] else \
+                "missing; looked in " + ", ".join(r["looked_in"])
+            print(f"{r['name']:7s} {'present' if r['present'] else 'MISSING':8s} {where}\n"
+                  f"        licence {r['licence']}; source {r['source']}")
+        return 0
+    try:
+        path = download(args.name, dest=args.dest, url=args.url, sha256=args.sha256, progress=not args.quiet)
+    except (ValueError, ConnectionError) as exc:
+        print(f"ttcalc data download: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.name} installed in {path}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_md_benchmark
 
@@ -116,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(<output>.<stage>.state.pt): weights, optimiser, schedule, EMA, RNG and epoch")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("data", help="reference data sets: list where they are, download public originals")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("list", help="each data set, where it is looked for, whether present, size, "
+                         "source and licence")
+    dl.add_argument("--json", action="store_true", help="print the table as JSON")
+    dd = dsub.add_parser("download", help="fetch a public original, verify its SHA-256, unpack it")
+    dd.add_argument("name", help="data set name (see `ttcalc data list`)")
+    dd.add_argument("--dest", help="destination folder (default: the user cache's data/ folder)")
+    dd.add_argument("--url", help="download from this address instead (a mirror)")
+    dd.add_argument("--sha256", help="expected SHA-256 of the file (required where none is pinned)")
+    dd.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_data)
 
     e = sub.add_parser("eval", help="energy/force errors of a model on labelled frames")
     e.add_argument("--model", required=True)

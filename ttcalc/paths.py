@@ -1,8 +1,10 @@
 """Where ttcalc finds reference data and keeps its caches.
 
-``TTCALC_DATA`` points at the shared data folder (default ``../shared/data`` relative to the
-current working directory, which is the project root in a checkout). ``TTCALC_CACHE`` points at
-the cache for prior labels and fitted priors (default ``~/.cache/ttcalc``).
+Reference data are looked up in this order: ``$TTCALC_DATA`` (when set, it alone: an explicit
+choice is never overridden), the user cache's ``data/`` folder (where ``ttcalc data download``
+puts them), then ``../shared/data`` (from the working directory, then from the source checkout).
+``TTCALC_CACHE`` points at the cache for prior labels, fitted priors and downloaded data (default:
+the platform's user cache directory, ``~/.cache/ttcalc`` on Linux, via ``platformdirs``).
 """
 from __future__ import annotations
 
@@ -18,40 +20,52 @@ PUBLIC_SOURCES = {
 }
 
 
-def _default_data_dirs() -> list[Path]:
-    # ../shared/data of the working directory (the project root), then of the source checkout
+def cache_root() -> Path:
+    """``$TTCALC_CACHE``, else the platform's user cache directory for ttcalc."""
+    if "TTCALC_CACHE" in os.environ:
+        return Path(os.environ["TTCALC_CACHE"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ttcalc", appauthor=False))
+
+
+def data_roots() -> list[tuple[str, Path]]:
+    """The places reference data are looked for, in order, each with a label."""
+    if "TTCALC_DATA" in os.environ:
+        return [("TTCALC_DATA", Path(os.environ["TTCALC_DATA"]).expanduser())]
     checkout = Path(__file__).resolve().parent.parent
-    return [Path("../shared/data"), checkout.parent / "shared" / "data"]
+    return [("cache", cache_root() / "data"), ("../shared/data", Path("../shared/data")),
+            ("../shared/data of the checkout", checkout.parent / "shared" / "data")]
 
 
 def data_dir() -> Path:
-    """The reference-data root: ``$TTCALC_DATA``, else ``../shared/data`` (from the working
-    directory, then from the source checkout)."""
-    if "TTCALC_DATA" in os.environ:
-        return Path(os.environ["TTCALC_DATA"]).expanduser()
-    candidates = _default_data_dirs()
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+    """The first data root that exists (the first candidate when none does)."""
+    roots = [p for _, p in data_roots()]
+    return next((p for p in roots if p.is_dir()), roots[0])
+
+
+def find_dataset(*parts: str) -> Path | None:
+    """``parts`` below the first data root that has them, or None."""
+    return next((p.joinpath(*parts) for _, p in data_roots() if p.joinpath(*parts).exists()), None)
 
 
 def dataset_path(*parts: str) -> Path:
-    """Path of a file or folder below :func:`data_dir`, with a helpful error if it is missing."""
-    path = data_dir().joinpath(*parts)
-    if not path.exists():
+    """Path of a file or folder below the data roots, with an error naming every place looked."""
+    path = find_dataset(*parts)
+    if path is None:
         source = PUBLIC_SOURCES.get(parts[0], "see ../shared/data/README.md")
-        where = (str(path.resolve()) if "TTCALC_DATA" in os.environ else
-                 " and ".join(str(c.joinpath(*parts).resolve()) for c in _default_data_dirs()))
+        where = "; ".join(f"{label}: {root.joinpath(*parts).resolve()}" for label, root in data_roots())
+        unset = "" if "TTCALC_DATA" in os.environ else " (TTCALC_DATA is unset)"
         raise FileNotFoundError(
-            f"ttcalc data not found: looked for {where} "
-            f"(TTCALC_DATA={os.environ.get('TTCALC_DATA', '<unset, default ../shared/data>')}). "
-            f"Set TTCALC_DATA to the folder that holds '{parts[0]}/', or download the public "
-            f"original: {source}"
+            f"ttcalc data not found: looked for {'/'.join(parts)} in {where}{unset}. Set TTCALC_DATA to "
+            f"the folder that holds '{parts[0]}/', run `ttcalc data download {parts[0]}`, or get the "
+            f"public original: {source}"
         )
     return path
 
 
 def cache_dir(*parts: str) -> Path:
-    """A cache folder (created on demand): ``$TTCALC_CACHE`` or ``~/.cache/ttcalc``."""
-    root = Path(os.environ.get("TTCALC_CACHE", Path.home() / ".cache" / "ttcalc")).expanduser()
-    path = root.joinpath(*parts)
+    """A cache folder (created on demand) below :func:`cache_root`."""
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
