@@ -1,4 +1,4 @@
-"""ttcalc.data on the real shared datasets (rMD17, 3BPA, acac, mlearn)."""
+"""ttcalc.data on real data: the fixtures in tests/data (rMD17, 3BPA, acac, mlearn subsets)."""
 from __future__ import annotations
 
 import re
@@ -41,7 +41,7 @@ def test_load_rmd17_units_shapes_and_splits(molecule):
     train = load_rmd17(molecule, "train_01")
     test = load_rmd17(molecule, "test_01")
     n_atoms = len(raw["z"])
-    assert len(train) == len(test) == 1000
+    assert len(train) == len(raw["train_01"]) and len(test) == len(raw["test_01"])  # 1000 each in full
     assert all(len(a) == n_atoms and a.get_chemical_formula(mode="hill") == MOLECULES[molecule] for a in train[:5])
 
     # split order is the file's order and info points back into the npz
@@ -61,7 +61,12 @@ def test_load_rmd17_units_shapes_and_splits(molecule):
 
 def test_load_rmd17_all_and_random_draws():
     all_frames = load_rmd17("benzene", "all")
-    assert len(all_frames) == 9633
+    assert len(all_frames) == len(_raw("benzene")["E"])  # 9633 in the full data (tests_full)
+    outside = load_rmd17("benzene", "all", exclude=["test_01"])
+    assert len(outside) == len(all_frames) - len(_raw("benzene")["test_01"])
+    assert not {a.info["index"] for a in outside} & set(_raw("benzene")["test_01"].tolist())
+    with pytest.raises(ValueError, match="cannot exclude split 'test_09'"):
+        load_rmd17("benzene", "all", exclude=["test_09"])
     assert [a.info["index"] for a in all_frames[:3]] == [0, 1, 2]
 
     a = load_rmd17("benzene", "train_02", n=50, seed=3)
@@ -74,8 +79,9 @@ def test_load_rmd17_all_and_random_draws():
     assert set(index_a) <= set(_raw("benzene")["train_02"].tolist())
     np.testing.assert_array_equal(a[10].get_forces(), b[10].get_forces())
 
-    with pytest.raises(ValueError, match="cannot draw n=1001"):
-        load_rmd17("benzene", "train_01", n=1001)
+    too_many = len(_raw("benzene")["train_01"]) + 1
+    with pytest.raises(ValueError, match=f"cannot draw n={too_many}"):
+        load_rmd17("benzene", "train_01", n=too_many)
     with pytest.raises(ValueError, match="unknown rMD17 split 'valid_01'"):
         load_rmd17("benzene", "valid_01")
 
@@ -83,7 +89,8 @@ def test_load_rmd17_all_and_random_draws():
 def test_rmd17_arrays_are_ev_and_cached():
     arrays = rmd17_arrays("uracil")
     raw = _raw("uracil")
-    assert arrays.R.shape == (9633, 12, 3) and arrays.F.shape == (9633, 12, 3) and arrays.E.shape == (9633,)
+    n = len(raw["E"])
+    assert arrays.R.shape == (n, 12, 3) and arrays.F.shape == (n, 12, 3) and arrays.E.shape == (n,)
     np.testing.assert_allclose(arrays.E, raw["E"] * KCAL_MOL_IN_EV, rtol=1e-6)
     assert set(arrays.splits) == {f"{k}_{i:02d}" for k in ("train", "test") for i in range(1, 6)}
     assert rmd17_arrays("uracil") is arrays  # one np.load per file
@@ -139,7 +146,7 @@ def test_load_rmd17_errors_mention_paths(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------- read_frames
 @pytest.mark.parametrize(
     "relpath, n_frames, n_atoms, pbc",
-    [("3bpa/train_300K.xyz", 500, 27, False), ("acac/train_300K.xyz", 500, 15, False), ("mlearn/Cu_test.xyz", 31, None, True)],
+    [("3bpa/train_300K.xyz", 40, 27, False), ("acac/train_300K.xyz", 40, 15, False), ("mlearn/Cu_test.xyz", 31, None, True)],
 )
 def test_read_frames_real_files(relpath, n_frames, n_atoms, pbc):
     path = dataset_path(*relpath.split("/"))

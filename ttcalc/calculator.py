@@ -24,7 +24,7 @@ from ase.calculators.calculator import Calculator, InputError, PropertyNotImplem
 from .batch import collate
 from .fast import FastEvaluator
 from .graph import DENSE_MAX_ATOMS
-from .model import MultiHeadPotential, resolve_dtype
+from .model import MultiHeadPotential, resolve_device, resolve_dtype
 from .priors.base import Prior
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class TTTCalculator(Calculator):
             raise ValueError(f"ttt must be 'off', 'auto' or 'always', not {ttt!r}")
         if unseen_elements not in ("warn", "raise"):
             raise ValueError(f"unseen_elements must be 'warn' or 'raise', not {unseen_elements!r}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype)
         self.model, model_name = resolve_model(model, self.torch_dtype, self.device)
         if head not in self.model.heads:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 log = logging.getLogger("ttcalc.cli")
@@ -28,12 +29,15 @@ def cmd_train(args) -> int:
         cfg.init_checkpoint = args.init_checkpoint
     if args.threads:
         torch.set_num_threads(args.threads)
-    init_distributed_from_env()
+    joined = init_distributed_from_env()
     try:
         _, report = train_model(cfg, progress=not args.quiet, resume=args.resume)
     except TrainingInterrupted as exc:
         print(f"{exc}\nresume with: ttcalc train --config {args.config} --resume", file=sys.stderr)
         return 143
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
     print(json.dumps({k: report[k] for k in ("n_train", "n_val", "molecules", "stages", "timings")}, indent=2))
     print(f"model written to {cfg.output}")
     return 0
@@ -154,62 +158,68 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     e = sub.add_parser("eval", help="energy/force errors of a model on labelled frames")
-    e.add_argument("--model", required=True)
+    e.add_argument("--model", required=True, help="checkpoint path or shipped model name")
     e.add_argument("--data", required=True, help="rMD17 molecule name, or an extxyz/db file")
-    e.add_argument("--split", default="test_01")
-    e.add_argument("--n", type=int, default=None)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--head", default="main")
-    e.add_argument("--dtype", default="float32")
+    e.add_argument("--split", default="test_01", help="rMD17 split (default test_01)")
+    e.add_argument("--n", type=int, default=None, help="number of frames drawn (default: all)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the frame draw")
+    e.add_argument("--head", default="main", help="energy head to evaluate (main or prior)")
+    e.add_argument("--dtype", default="float32", help="float32 or float64")
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("md", help="run MD with TTTCalculator")
-    m.add_argument("structure")
-    m.add_argument("--model", default=None)
-    m.add_argument("--prior", default=None)
-    m.add_argument("--ttt", default="off", choices=["off", "auto", "always"])
+    m.add_argument("structure", help="starting structure (any file ASE reads)")
+    m.add_argument("--model", default=None, help="checkpoint or shipped name (default: md17-abu)")
+    m.add_argument("--prior", default=None, help="prior for TTT: xtb, tblite, emt, lj, sgdml (default: none)")
+    m.add_argument("--ttt", default="off", choices=["off", "auto", "always"],
+                   help="test-time training: off, auto (once per new system, on its first calculation), always")
     m.add_argument("--rr", action="store_true", help="radius refinement")
-    m.add_argument("--ensemble", default="nvt", choices=["nvt", "nve"])
-    m.add_argument("--temperature", type=float, default=500.0)
-    m.add_argument("--timestep", type=float, default=0.5)
-    m.add_argument("--time-ps", type=float, default=1.0)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--trajectory", default=None)
-    m.add_argument("--quiet", action="store_true")
+    m.add_argument("--ensemble", default="nvt", choices=["nvt", "nve"], help="Langevin NVT or velocity-Verlet NVE")
+    m.add_argument("--temperature", type=float, default=500.0, help="K (default 500)")
+    m.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    m.add_argument("--time-ps", type=float, default=1.0, help="simulated time in ps (default 1)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the initial velocities and thermostat")
+    m.add_argument("--trajectory", default=None, help="write the trajectory here (.traj)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_md)
 
     d = sub.add_parser("diagnose", help="distribution-shift diagnostics of a structure")
-    d.add_argument("structure")
-    d.add_argument("--model", default=None)
-    d.add_argument("--prior", default="xtb")
+    d.add_argument("structure", help="structure to diagnose (any file ASE reads)")
+    d.add_argument("--model", default=None, help="checkpoint or shipped name (default: md17-abu)")
+    d.add_argument("--prior", default="xtb", help="prior whose force norms are compared (default xtb)")
     d.set_defaults(func=cmd_diagnose)
 
     demo = sub.add_parser("demo", help="adapt the embedded model to a molecule and run a short MD")
     demo.add_argument("--molecule", default=None, help="an .xyz file (default: naphthalene)")
     demo.add_argument("--output", default="ttcalc_demo", help="folder for the report and plot")
-    demo.add_argument("--time-ps", type=float, default=2.0)
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--time-ps", type=float, default=2.0, help="simulated time in ps (default 2)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
     bm = bsub.add_parser("md", help="MD stability / h(r) / NVE benchmark on rMD17 molecules")
-    bm.add_argument("--model", default=None)
-    bm.add_argument("--molecules", nargs="+", default=["naphthalene", "toluene"])
-    bm.add_argument("--seeds", type=int, default=3)
-    bm.add_argument("--time-ps", type=float, default=100.0)
-    bm.add_argument("--ttt", action="store_true")
-    bm.add_argument("--rr", action="store_true")
-    bm.add_argument("--prior", default="xtb")
-    bm.add_argument("--ensembles", nargs="+", default=["nvt", "nve"])
-    bm.add_argument("--processes", type=int, default=2)
-    bm.add_argument("--output", default="bench_md")
+    bm.add_argument("--model", default=None, help="checkpoint or shipped name (default: md17-abu)")
+    bm.add_argument("--molecules", nargs="+", default=["naphthalene", "toluene"], help="rMD17 molecules")
+    bm.add_argument("--seeds", type=int, default=3, help="independent trajectories per molecule")
+    bm.add_argument("--time-ps", type=float, default=100.0, help="simulated time per trajectory in ps")
+    bm.add_argument("--ttt", action="store_true", help="test-time train before MD")
+    bm.add_argument("--rr", action="store_true", help="radius refinement before MD")
+    bm.add_argument("--prior", default="xtb", help="prior for TTT (default xtb)")
+    bm.add_argument("--ensembles", nargs="+", default=["nvt", "nve"], help="nvt and/or nve")
+    bm.add_argument("--processes", type=int, default=2, help="worker processes")
+    bm.add_argument("--output", default="bench_md", help="output folder")
     bm.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # compiled kernels persist in ttcalc's user cache, so a second run reuses them (a user's own
+    # TORCHINDUCTOR_CACHE_DIR wins)
+    from .paths import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir("inductor")))
     _setup_logging(args.verbose)
     return int(args.func(args) or 0)
 

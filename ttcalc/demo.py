@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -100,6 +101,12 @@ def run_demo(molecule: str | None = None, output: str = "ttcalc_demo", time_ps: 
     ref_pos = np.stack([f.positions for f in ref_frames])
     md_atoms = relaxed.copy()
     md_atoms.calc = calc
+    # the first MD force call compiles the kernel: say so, instead of a progress bar frozen at 0 %
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default inductor cache")
+    print(f"Compiling the MD kernel for {len(md_atoms)} atoms (one-time; cached in {cache}) ...", flush=True)
+    t_compile = time.perf_counter()
+    md_atoms.get_forces()
+    print(f"Kernel ready in {time.perf_counter() - t_compile:.1f} s\n")
     result = run_md(md_atoms, calc, ensemble="nvt", temperature_K=500, timestep_fs=0.5, time_ps=time_ps,
                     seed=seed, trajectory=str(out / "md.traj"), log_interval=20, progress=progress,
                     checks=[BondCollapseCheck(ref_pos, numbers=relaxed.numbers)])

@@ -37,6 +37,16 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unsupported dtype {dtype!r}; use 'float32' or 'float64'") from None
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device, with a clear error where this torch build cannot use it."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        raise ValueError(f"device={str(device)!r}, but this torch {torch.__version__} is {build}; install a CUDA "
+                         f"build of torch (see the README's Set-up) or use device='cpu'")
+    return dev
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a :class:`MultiHeadPotential` (stored in every checkpoint)."""

@@ -18,10 +18,10 @@ import numpy as np
 from ase import Atoms
 
 from ..data import fit_element_references, label_with_prior, load_rmd17, read_frames, split_frames
-from ..model import MultiHeadPotential, TrainingStats, force_norm_summary
+from ..model import MultiHeadPotential, TrainingStats, force_norm_summary, resolve_device
 from ..priors import Prior, SGDMLPrior, make_prior
 from .config import TrainConfig
-from .trainer import Targets, evaluate_loss, train_stage
+from .trainer import StopSignal, Targets, evaluate_loss, train_stage, world
 from ..losses import LossWeights
 
 log = logging.getLogger(__name__)
@@ -152,13 +152,14 @@ def stage_state_path(output: str | Path, stage: str) -> Path:
 
 
 def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | None = None,
-                resume: bool = False):
+                resume: bool = False, stop: StopSignal | None = None):
     """Run the configured regime; returns the trained model and a JSON-able report.
 
     The best model is written to ``cfg.output`` (atomically), with ``cfg`` in its metadata so
     the checkpoint says how to reproduce it. A CSV log goes beside it. Each stage keeps its full
     state in :func:`stage_state_path`; ``resume=True`` skips finished stages and continues a
-    stopped one exactly (see :func:`~ttcalc.train.trainer.train_stage`). Without it, old state
+    stopped one exactly (see :func:`~ttcalc.train.trainer.train_stage`; ``stop`` replaces its
+    SIGTERM/SIGINT handling, e.g. to stop after some batches). Without it, old state
     files of the same output are removed and training starts over.
     """
     import torch
@@ -184,7 +185,7 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
     if cfg.regime == "supervised" and "prior" in model_cfg.heads:
         # the no-prior baseline has no prior head to carry around
         model_cfg = replace(model_cfg, heads=tuple(h for h in model_cfg.heads if h != "prior"))
-    model = MultiHeadPotential(model_cfg, dtype=cfg.dtype).to(cfg.device)
+    model = MultiHeadPotential(model_cfg, dtype=cfg.dtype).to(resolve_device(cfg.device))
     install_head_statistics(model, "main", train)
     if ds.train_prior is not None:
         install_head_statistics(model, "prior", ds.train_prior)
@@ -193,12 +194,12 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
     # every improvement is saved (atomically) as it happens, so a crash loses at most one epoch
     stage_names = {"pretrain-freeze-finetune": ("pretrain", "finetune"), "joint": ("joint",),
                    "supervised": ("supervised",)}[cfg.regime]
-    if not resume:
+    if not resume and world()[0] == 0:
         for s in stage_names:
             stage_state_path(out_path, s).unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
     common = dict(log_path=log_path, checkpoint_path=out_path.with_suffix(".partial.pt"), seed=cfg.seed,
-                  progress=progress, resume=resume)
+                  progress=progress, resume=resume, stop=stop)
     at = {s: {"state_path": stage_state_path(out_path, s)} for s in stage_names}
     if cfg.regime == "pretrain-freeze-finetune":
         prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
@@ -237,10 +238,12 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
         "stages": {k: {"best_val_loss": v.best_val_loss, "epochs": v.epochs, "seconds": v.seconds,
                        "stop_reason": v.stop_reason} for k, v in stages.items()},
         "timings": timings,
+        "world_size": world()[1],
     }
-    model.save(out_path, metadata={"train_config": cfg.to_dict(), "report": report})
-    out_path.with_suffix(".partial.pt").unlink(missing_ok=True)
-    for s in stage_names:
-        stage_state_path(out_path, s).unlink(missing_ok=True)
+    if world()[0] == 0:  # under torchrun every rank holds the same weights; one writes them
+        model.save(out_path, metadata={"train_config": cfg.to_dict(), "report": report})
+        out_path.with_suffix(".partial.pt").unlink(missing_ok=True)
+        for s in stage_names:
+            stage_state_path(out_path, s).unlink(missing_ok=True)
     log.info("saved %s (%.1f s)", out_path, timings["total_s"])
     return model, report

@@ -67,19 +67,24 @@ class StageResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _world() -> tuple[int, int]:
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside ``torchrun``."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
-def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+def _average_gradients(params: list[torch.nn.Parameter], world: int, share: float | None = None) -> None:
+    """Sum of ``share``-weighted gradients over ranks (``share`` = this rank's fraction of the global
+    batch, default 1/world): each rank's loss is a mean over its shard, so this makes the update
+    that of one process on the whole batch, also for shards of unequal size."""
     if world == 1:
         return
+    share = 1.0 / world if share is None else share
     for p in params:
         if p.grad is not None:
+            p.grad *= share
             torch.distributed.all_reduce(p.grad)
-            p.grad /= world
 
 
 def size_bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -134,12 +139,12 @@ def make_optimiser(model: MultiHeadPotential, groups: Sequence[str], cfg: StageC
 
 
 def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, grad_clip: float,
-                   name: str, epoch: int, world: int = 1) -> None:
+                   name: str, epoch: int, world: int = 1, share: float | None = None) -> None:
     """Backward, (data-parallel gradient average), global-norm clipping and one optimiser step."""
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{name}: non-finite training loss at epoch {epoch}")
     loss.backward()
-    _average_gradients(params, world)
+    _average_gradients(params, world, share)
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
 
@@ -385,7 +390,7 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     and at the end; ``resume=True`` continues from it, and the continuation takes the same batches
     in the same order as an uninterrupted run.
     """
-    rank, world = _world()
+    rank, world_size = world()
     head_weights = head_weights or {h: 1.0 for h in train_targets}
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
     state_path = Path(state_path) if state_path is not None else None
@@ -438,12 +443,15 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
             if pos.batches is None:
                 pos.batches, pos.next_batch, pos.running = epoch_batches(sizes, cfg, rng), 0, 0.0
             while pos.next_batch < len(pos.batches):
-                idx = pos.batches[pos.next_batch]
-                idx = idx[rank::world] if world > 1 else idx
+                whole = pos.batches[pos.next_batch]
+                idx = whole[rank::world_size]  # this rank's shard (all of it in one process)
+                if len(idx) == 0:
+                    raise ValueError(f"{name}: a batch of {len(whole)} frames cannot be split over {world_size} "
+                                     f"processes; use batch_size >= world size and drop_last")
                 batch = collate([train_frames[i] for i in idx], model.cutoff, model.dtype, model.device)
                 opt.zero_grad(set_to_none=True)
                 loss = _batch_loss(step, batch, idx, train_targets, head_weights, weights)
-                optimiser_step(loss, opt, params, cfg.grad_clip, name, pos.epoch, world)
+                optimiser_step(loss, opt, params, cfg.grad_clip, name, pos.epoch, world_size, len(idx) / len(whole))
                 if ema is not None:
                     ema.update()
                 pos.running += float(loss.detach())
