@@ -21,18 +21,6 @@ from ttcalc.train import DataConfig, StageConfig, TrainConfig, train_model
 from ttcalc.train.trainer import StopSignal, TrainingInterrupted
 
 
-class StopAfter(StopSignal):
-    """What SIGTERM does, after ``n`` batches."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def after_batch(self, done: int) -> None:
-        if done == self.n:
-            self.request()
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="24 frames, 3 epochs per stage")
@@ -50,7 +38,7 @@ def main(argv=None) -> None:
 
     reference, _ = train_model(config("uninterrupted"), progress=False)
     try:
-        train_model(config("resumed"), progress=False, stop=StopAfter(4))
+        train_model(config("resumed"), progress=False, stop=StopSignal(after_batches=4))
     except TrainingInterrupted as exc:
         print(f"stopped: {exc}")
     resumed, report = train_model(config("resumed"), progress=False, resume=True)

@@ -16,10 +16,10 @@ from ttcalc.train.regimes import install_head_statistics
 @pytest.fixture(scope="module")
 def qm9_data(prior):
     qm9 = load_qm9()
-    idx = np.arange(1000, 1120)
+    idx = np.arange(100, 220)  # molecules of the QM9 fixture (600 in all)
     frames = qm9.molecules(idx)
     gap = qm9.property("gap")[idx]
-    ff = label_with_prior(displaced_molecules(qm9, np.arange(2000, 2040), sigma=0.05), prior)
+    ff = label_with_prior(displaced_molecules(qm9, np.arange(300, 340), sigma=0.05), prior)
     return frames, gap, ff
 
 

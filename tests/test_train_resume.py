@@ -20,18 +20,6 @@ CFG = StageConfig(max_epochs=4, batch_size=8, lr=3e-3, patience=10, lr_patience=
                   epoch_frames=24, compile=False)
 
 
-class StopAfter(StopSignal):
-    """Requests a stop after ``n`` batches, as SIGTERM would."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def after_batch(self, done: int) -> None:
-        if done == self.n:
-            self.request()
-
-
 def _model() -> MultiHeadPotential:
     torch.manual_seed(0)
     return MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=16, num_layers=1, num_rbf=8)))
@@ -52,7 +40,7 @@ def test_stopped_and_resumed_stage_equals_uninterrupted_run(benzene_frames, tmp_
     reference, ref_result = _run(benzene_frames)
     state = tmp_path / "s.state.pt"
     with pytest.raises(TrainingInterrupted, match="continue with --resume"):
-        _run(benzene_frames, state, stop=StopAfter(stop_at))
+        _run(benzene_frames, state, stop=StopSignal(after_batches=stop_at))
     assert read_stage_state(state)["position"]["next_batch"] in (stop_at % 3, 3)
     resumed, result = _run(benzene_frames, state, resume=True)  # a fresh model: all comes from the file
     for (n, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):

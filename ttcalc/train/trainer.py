@@ -292,19 +292,23 @@ class TrainingInterrupted(RuntimeError):
 class StopSignal:
     """Turns SIGTERM and SIGINT into a request that the loop honours at the next batch boundary,
     so a stopped stage always leaves a consistent state file. Handlers are installed only in the
-    main thread and restored on exit; ``request()`` is the same for code (and tests)."""
+    main thread and restored on exit; ``request()`` is the same for code, and ``after_batches=N``
+    requests the stop after N batches of this process (a batch budget, or a stop at a chosen point)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, after_batches: int | None = None):
         self.requested = False
+        self.after_batches = after_batches
         self._old: dict = {}
 
     def request(self, *_args) -> None:
         self.requested = True
 
     def after_batch(self, done: int) -> None:
-        """Hook called after every batch (``done`` batches so far in this process)."""
+        """Called after every batch with the number of batches this process has run."""
+        if self.after_batches is not None and done >= self.after_batches:
+            self.request()
 
     def __enter__(self) -> "StopSignal":
         if threading.current_thread() is threading.main_thread():
@@ -482,6 +486,8 @@ def init_distributed_from_env() -> bool:
     """Join a ``torchrun`` process group if one is described by the environment."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":  # one GPU per rank: device "cuda" is then this rank's own
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend)
         return True
     return False
