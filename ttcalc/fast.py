@@ -13,6 +13,7 @@ forward+backward. What it relies on and how it stays correct:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import types
@@ -25,6 +26,15 @@ from torch import Tensor
 from .representation import tensornet_features_dense
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_inductor():
+    """Hide inductor's own FutureWarnings while it lowers a graph (nothing a user can act on);
+    scoped, so the caller's warning filters are unchanged afterwards."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")
+        yield
 
 
 class FastEvaluator:
@@ -63,9 +73,7 @@ class FastEvaluator:
         from torch._inductor.compile_fx import compile_fx
 
         self.n_compiles += 1
-        with warnings.catch_warnings():
-            # inductor's own deprecation noise, once per lowering; nothing a user can act on
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")
+        with quiet_inductor():  # once per lowering
             patches = {"cpp_wrapper": True} if self.cpp_wrapper else None
             return compile_fx(gm, example_inputs, config_patches=patches)
 
@@ -88,9 +96,7 @@ class FastEvaluator:
         pos = positions.detach().requires_grad_(True)
         t0 = time.perf_counter()
         n_before = self.n_compiles
-        with torch.enable_grad(), warnings.catch_warnings():
-            # the backward graph compiles lazily here, outside _backend: same inductor noise
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")
+        with torch.enable_grad(), quiet_inductor():  # the backward graph compiles lazily here
             e_atom = self._fn(pos)
             energy = e_atom.sum(-1)
             (grad,) = torch.autograd.grad(energy.sum(), pos)

@@ -85,3 +85,32 @@ def plot_error_bars(table: dict, path: str | os.PathLike, ylabel: str = "RMSE") 
     ax.set_ylabel(ylabel)
     ax.legend(frameon=False)
     return _save(fig, path)
+
+
+def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.PathLike) -> str:
+    """Validation force MAE (meV/Å) per epoch, one line per (run, head), from training CSV logs;
+    epochs logged before the MAE columns existed show the validation loss on a second panel."""
+    import csv
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_mae, ax_loss = fig.subplots(1, 2)
+    for label, log in logs.items():
+        with open(log, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        epochs = np.array([int(r["epoch"]) for r in rows])
+        ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], lw=1.3, label=label)
+        for col in [c for c in (rows[0] if rows else {}) if c.endswith("_force_mae_meV")]:
+            vals = np.array([float(r[col]) if r.get(col) else np.nan for r in rows])
+            head = col.removeprefix("val_").removesuffix("_force_mae_meV")
+            ax_mae.plot(epochs, vals, "o-", ms=2, lw=1.2, label=f"{label}: {head} head")
+    ax_mae.set_xlabel("epoch")
+    ax_mae.set_ylabel("validation force MAE (meV/Å)")
+    ax_mae.set_yscale("log")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("validation loss (EMA weights)")
+    ax_loss.set_yscale("log")
+    for ax in (ax_mae, ax_loss):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(frameon=False, fontsize=8)
+    _save(fig, path)
+    return str(path)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..batch import Batch
+from ..fast import quiet_inductor
 from ..model import MultiHeadPotential
 from ..representation import tensornet_features_dense
 
@@ -95,9 +95,7 @@ class ForceStep:
         new = self._key(batch) not in self._graphs
         t0 = time.perf_counter()
         graph = self._graph(batch)
-        with warnings.catch_warnings():
-            # inductor's own deprecation noise while lowering; nothing a user can act on
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")
+        with quiet_inductor():
             flat = graph(self._state(), batch.pos.detach(), batch.z_dense, batch.mask)
         if new:
             self.compile_seconds += time.perf_counter() - t0

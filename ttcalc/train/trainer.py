@@ -33,6 +33,7 @@ from ..checkpoint import atomic_torch_save
 from ..files import atomic_write
 from ..model import MultiHeadPotential, restore, snapshot
 from .config import StageConfig
+from ..fast import quiet_inductor
 from .force_step import ForceStep
 
 log = logging.getLogger(__name__)
@@ -102,20 +103,25 @@ def size_bucketed_batches(sizes: np.ndarray, batch_size: int, rng: np.random.Gen
 
 def evaluate_loss(model: MultiHeadPotential, frames: Sequence[Atoms], targets: dict[str, Targets],
                   head_weights: dict[str, float], weights: LossWeights, batch_size: int = 64) -> dict:
-    """Mean loss per head over ``frames`` (no gradient w.r.t. parameters)."""
+    """Mean loss per head over ``frames`` (no gradient w.r.t. parameters), the weighted total, and
+    each head's force MAE in meV/Å (``"<head>_force_mae_meV"``: the learning curve's unit)."""
     totals = {h: 0.0 for h in targets}
-    n = len(frames)
+    abs_err = {h: 0.0 for h in targets}
+    n, n_components = len(frames), 0
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
         batch = collate([frames[i] for i in idx], model.cutoff, model.dtype, model.device)
         pred = model(batch, heads=tuple(targets))
         for h, t in targets.items():
             e, f = _label_tensors(t, idx, batch)
-            loss, _ = energy_force_loss({k: v.detach() for k, v in pred[h].items()}, e, f,
-                                        batch.n_atoms, weights)
+            p = {k: v.detach() for k, v in pred[h].items()}
+            loss, _ = energy_force_loss(p, e, f, batch.n_atoms, weights)
             totals[h] += float(loss) * len(idx)
+            abs_err[h] += float((p["forces"] - f).abs().sum())
+        n_components += 3 * int(batch.n_atoms.sum())
     out = {h: v / n for h, v in totals.items()}
     out["total"] = sum(head_weights[h] * out[h] for h in targets)
+    out.update({f"{h}_force_mae_meV": 1000 * abs_err[h] / n_components for h in targets})
     return out
 
 
@@ -206,8 +212,10 @@ class StageMonitor:
         with open(self.log_path, newline="") as fh:
             rows = list(csv.reader(fh))
         keep = [r for r in rows[1:] if r[0] != self.name or int(r[1]) <= self.epoch]
+        header = ["stage", "epoch", "lr", "train_loss", "val_loss", "seconds"] + self.extra_columns
+        header = rows[0] if len(rows[0]) >= len(header) else header  # a log from before a new column
         with atomic_write(self.log_path, "w") as fh:
-            csv.writer(fh).writerows(rows[:1] + keep)
+            csv.writer(fh).writerows([header] + keep)
         self.fh = open(self.log_path, "a", newline="")
         self.writer = csv.writer(self.fh)
 
@@ -430,7 +438,8 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     else:
         with averaged():
             initial = evaluate()["total"]
-    monitor = StageMonitor(model, cfg, name, initial, [f"val_{h}" for h in val_targets],
+    columns = [f"val_{h}" for h in val_targets] + [f"val_{h}_force_mae_meV" for h in val_targets]
+    monitor = StageMonitor(model, cfg, name, initial, columns,
                            log_path if rank == 0 else None,
                            checkpoint_path if rank == 0 else None, progress and rank == 0)
     stop = stop or StopSignal()
@@ -439,7 +448,7 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
         if state_path is not None and rank == 0:
             atomic_torch_save(_stage_state(model, opt, sched, ema, rng, monitor, pos, done, result), state_path)
 
-    with monitor, stop:
+    with monitor, stop, quiet_inductor():  # the compiled step's backward lowers inside the loop
         if saved is not None:
             monitor.load_state_dict(saved["monitor"])
         last_save, n_done = time.monotonic(), 0
@@ -472,7 +481,8 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
                 sched.step(val["total"])
                 finished = monitor.end_epoch(pos.epoch, opt.param_groups[0]["lr"],
                                              pos.running / len(pos.batches), val["total"],
-                                             [val[h] for h in val_targets])
+                                             [val[h] for h in val_targets]
+                                             + [val[f"{h}_force_mae_meV"] for h in val_targets])
             pos = _EpochPosition(epoch=pos.epoch + 1)
             if finished:
                 break

@@ -1,0 +1,42 @@
+"""Training logs carry each head's validation force MAE, and the learning-curve figure reads logs
+from before and after that column existed."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from ttcalc.model import ModelConfig, MultiHeadPotential
+from ttcalc.plots import plot_learning_curves
+from ttcalc.representation import RepresentationConfig
+from ttcalc.train import StageConfig, Targets, train_stage
+from ttcalc.train.trainer import evaluate_loss
+from ttcalc.losses import LossWeights
+
+
+def test_validation_force_mae_is_the_mean_absolute_force_error(benzene_frames):
+    torch.manual_seed(0)
+    model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=8, num_layers=1, num_rbf=8)))
+    frames = benzene_frames[:10]
+    out = evaluate_loss(model, frames, {"main": Targets.from_frames(frames)}, {"main": 1.0}, LossWeights(), batch_size=4)
+    from ttcalc.batch import collate
+
+    pred = model(collate(frames, model.cutoff))["main"]["forces"].detach().numpy()
+    ref = np.concatenate([a.get_forces() for a in frames])
+    assert out["main_force_mae_meV"] == pytest.approx(1000 * np.abs(pred - ref).mean(), rel=1e-5)
+
+
+def test_log_gains_mae_columns_and_the_plot_reads_old_and_new_rows(benzene_frames, tmp_path):
+    log = tmp_path / "run.csv"
+    log.write_text("stage,epoch,lr,train_loss,val_loss,seconds,val_main\nold,1,0.001,1.0,0.9,1.0,0.9\n")
+    model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=8, num_layers=1, num_rbf=8)))
+    train, val = benzene_frames[:16], benzene_frames[16:24]
+    train_stage(model, train, {"main": Targets.from_frames(train)}, val, {"main": Targets.from_frames(val)},
+                ["main"], StageConfig(max_epochs=2, batch_size=8, compile=False), name="new", log_path=log,
+                progress=False)
+    rows = list(csv.reader(log.open()))
+    assert rows[0][-1] == "val_main" and len(rows[-1]) == 8  # a new column after an old header: appended
+    png = plot_learning_curves({"run": log}, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000 and png.endswith("curves.png")
