@@ -25,9 +25,9 @@ molecules = ["benzene"]
 n_train = 24
 n_val = 8
 [pretrain]
-max_epochs = 2
+max_epochs = 3
 batch_size = 8
-lr = 1e-2
+lr = 3e-3
 compile = false
 """
 

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,23 +36,66 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TTTConfig:
-    """Settings of test-time training (defaults follow the paper's MD17 setting, A.4.3)."""
+class FitSettings:
+    """Optimiser and stopping settings shared by test-time training and fine-tuning on labels."""
+
+    label: ClassVar[str] = "fit"
 
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-3
     grad_clip: float = 10.0
-    #: what TTT updates: "adaptable", the model's adaptable group (by default the embedding and first
-    #: interaction layer, paper sec. 5.2), or "representation", all of θR (heads stay fixed either way)
-    parameters: Literal["adaptable", "representation"] = "adaptable"
     max_steps: int = 200
     batch_size: int = 8
     energy_weight: float = 1.0
     force_weight: float = 10.0
     #: fit energies up to a constant (the new molecule's energy zero is not the references')
     energy_offset_free: bool = True
+    val_fraction: float = 0.25
+    seed: int = 0
+    # stopping
+    eval_every: int = 10
+    patience: int = 5
+    min_rel_improvement: float = 1e-3
+    divergence_factor: float = 10.0
+
+    def __post_init__(self):
+        # fail before the frames (prior MD, labels) are paid for, not after
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adam'")
+        if self.max_steps < 0 or self.eval_every < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError("max_steps must be >= 0 and eval_every, patience, batch_size >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    @classmethod
+    def coerce(cls, value):
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls().updated(**value)
+        raise TypeError(f"{cls.__name__} settings must be a {cls.__name__} or dict, not {type(value).__name__}")
+
+    def updated(self, **overrides):
+        valid = {f.name for f in fields(self)}
+        bad = set(overrides) - valid
+        if bad:
+            raise TypeError(f"unknown {self.label} settings {sorted(bad)}; valid: {sorted(valid)}")
+        return replace(self, **overrides)
+
+
+@dataclass
+class TTTConfig(FitSettings):
+    """Settings of test-time training (defaults follow the paper's MD17 setting, A.4.3)."""
+
+    label: ClassVar[str] = "TTT"
+
+    #: what TTT updates: "adaptable", the model's adaptable group (by default the embedding and first
+    #: interaction layer, paper sec. 5.2), or "representation", all of θR (heads stay fixed either way)
+    parameters: Literal["adaptable", "representation"] = "adaptable"
     # frames
     frames: Literal["md", "rattle", "normal_modes"] = "md"
     n_frames: int = 48
@@ -61,46 +104,47 @@ class TTTConfig:
     md_interval: int = 10
     md_friction_per_fs: float = 0.01
     rattle_stdev: float = 0.05
-    val_fraction: float = 0.25
-    seed: int = 0
-    # stopping
-    eval_every: int = 10
-    patience: int = 5
-    min_rel_improvement: float = 1e-3
     stop_at_id_loss: bool = True
-    divergence_factor: float = 10.0
 
     def __post_init__(self):
-        # fail before the frames (prior MD, labels) are paid for, not after
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adam'")
+        super().__post_init__()
         if self.parameters not in ("adaptable", "representation"):
             raise ValueError(f"unknown TTT parameters {self.parameters!r}; use 'adaptable' or 'representation'")
         if self.frames not in ("md", "rattle", "normal_modes"):
             raise ValueError(f"unknown frame source {self.frames!r}; use 'md', 'rattle' or 'normal_modes'")
         if self.n_frames < 2:
             raise ValueError(f"n_frames must be at least 2 (train and validation), got {self.n_frames}")
-        if self.max_steps < 0 or self.eval_every < 1 or self.patience < 1 or self.batch_size < 1:
-            raise ValueError("max_steps must be >= 0 and eval_every, patience, batch_size >= 1")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
-    @classmethod
-    def coerce(cls, value) -> "TTTConfig":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            return cls().updated(**value)
-        raise TypeError(f"ttt_config must be a TTTConfig or dict, not {type(value).__name__}")
 
-    def updated(self, **overrides) -> "TTTConfig":
-        valid = {f.name for f in fields(self)}
-        bad = set(overrides) - valid
-        if bad:
-            raise TypeError(f"unknown TTT settings {sorted(bad)}; valid: {sorted(valid)}")
-        return replace(self, **overrides)
+#: what fine-tuning on labels may update: θM alone, with θR's adaptable layers, or with all of θR
+FINETUNE_GROUPS = {"main": ("main",), "main+adaptable": ("main", "adaptable"),
+                   "main+representation": ("main", "representation")}
+
+
+@dataclass
+class FinetuneLabelsConfig(FitSettings):
+    """Settings of fine-tuning on labelled frames of a new system (``calc.finetune``).
+
+    Defaults: Adam, lr 5e-4, force weight 100, batches of 10, θM and all of θR, a fifth of the
+    frames held out for early stopping (the project's few-shot calibration on 40 + 10 frames).
+    """
+
+    label: ClassVar[str] = "fine-tuning"
+
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    max_steps: int = 300
+    batch_size: int = 10
+    force_weight: float = 100.0
+    val_fraction: float = 0.2
+    patience: int = 5
+    parameters: Literal["main", "main+adaptable", "main+representation"] = "main+representation"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.parameters not in FINETUNE_GROUPS:
+            raise ValueError(f"unknown fine-tuning parameters {self.parameters!r}; use one of {list(FINETUNE_GROUPS)}")
 
 
 @dataclass
@@ -128,6 +172,11 @@ class AdaptationReport:
     loss_curve: list[float] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     id_prior_loss: float | None = None
+    #: "ttt" (prior loss L_P, prior labels) or "finetune" (main loss L_M, reference labels); for
+    #: "finetune" the ``prior_loss_*`` fields hold L_M and the disagreement is |F_main − F_ref|
+    kind: str = "ttt"
+    #: what has run on this system's weights so far, in order (e.g. ["ttt", "finetune"])
+    ran: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         """A short JSON-able summary (goes into ``calc.results`` and ``atoms.info``)."""
@@ -135,31 +184,37 @@ class AdaptationReport:
                 "prior_loss_start": self.prior_loss_start, "prior_loss_end": self.prior_loss_end,
                 "stop_reason": self.stop_reason, "cached": self.cached,
                 "force_disagreement_before": self.force_disagreement_before,
-                "force_disagreement_after": self.force_disagreement_after}
+                "force_disagreement_after": self.force_disagreement_after, "kind": self.kind,
+                "ran": list(self.ran)}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class AdaptationState:
-    """Pre-TTT weights and the per-system cache of adapted weights."""
+    """Pre-adaptation weights, the per-system cache of adapted weights, and which system's weights
+    the model holds now (``current``; None for the shipped ones) with what ran on them (``ran``)."""
 
     def __init__(self, model: MultiHeadPotential):
         self.model = model
         groups = model.parameter_groups()
-        # everything any TTT setting may change (TTTConfig.parameters), so restore() is always exact
-        self.names = sorted(set(groups["adaptable"]) | set(groups["representation"]))
+        # everything TTT or fine-tuning may change (θR, θM), so restore() is always exact
+        self.names = sorted(set(groups["adaptable"]) | set(groups["representation"]) | set(groups["main"]))
         self.base = snapshot(model, self.names)
         self.cache: dict[str, dict[str, torch.Tensor]] = {}
         self.reports: dict[str, AdaptationReport] = {}
+        self.ran: dict[str, list[str]] = {}
+        self.current: str | None = None
 
     def restore(self) -> None:
         restore(self.model, self.base)
+        self.current = None
 
     def apply(self, key: str) -> None:
         # base first: the cached system may have adapted fewer parameters than the current weights hold
         restore(self.model, self.base)
         restore(self.model, self.cache[key])
+        self.current = key
 
     def save(self, path: str | Path) -> Path:
         """Save the adapted weights of every system (atomic write)."""
@@ -167,7 +222,7 @@ class AdaptationState:
 
         payload = {"format": "ttcalc-ttt-cache", "names": self.names,
                    "cache": {k: {n: t.cpu() for n, t in v.items()} for k, v in self.cache.items()},
-                   "reports": {k: r.to_dict() for k, r in self.reports.items()}}
+                   "reports": {k: r.to_dict() for k, r in self.reports.items()}, "ran": self.ran}
         return atomic_torch_save(payload, path)
 
     def load(self, path: str | Path) -> None:
@@ -180,6 +235,7 @@ class AdaptationState:
         for key, rep in payload["reports"].items():
             rep["val_curve"] = [tuple(x) for x in rep.get("val_curve", [])]
             self.reports[key] = AdaptationReport(**rep)
+        self.ran.update({k: list(v) for k, v in payload.get("ran", {}).items()})
 
 
 # --- frames ------------------------------------------------------------------------------------------
@@ -277,16 +333,150 @@ def make_frames(atoms_or_frames, prior, cfg: TTTConfig) -> tuple[list[Atoms], st
 
 
 # --- the adaptation loop ------------------------------------------------------------------------------
-def _loss(model, batch, weights: LossWeights, create_graph: bool, offset_free: bool = True):
-    """Prior-head loss L_P (:func:`ttcalc.losses.energy_force_loss`) of a labelled batch of one system."""
-    pred = model(batch, heads=("prior",), create_graph=create_graph)["prior"]
+def _loss(model, batch, weights: LossWeights, create_graph: bool, offset_free: bool = True, head: str = "prior"):
+    """Loss of one head (:func:`ttcalc.losses.energy_force_loss`) on a labelled batch of one system:
+    L_P for TTT (prior labels), L_M for fine-tuning (reference labels)."""
+    pred = model(batch, heads=(head,), create_graph=create_graph)[head]
     return energy_force_loss(pred, batch.energy, batch.forces, batch.n_atoms, weights, offset_free=offset_free)
 
 
 def _mean_disagreement(model, batch) -> float:
-    """Mean per-atom |F_main − F_prior_label| (eV/Å) over a labelled batch."""
+    """Mean per-atom |F_main − F_label| (eV/Å) over a labelled batch."""
     f = model(batch, heads=("main",))["main"]["forces"].detach()
     return float(torch.linalg.vector_norm(f - batch.forces, dim=-1).mean())
+
+
+@dataclass
+class _Fit:
+    """What :func:`_fit` did: updates, why it stopped, losses and curves."""
+
+    steps: int
+    reason: str
+    start: float
+    end: float
+    curve: list
+    val_curve: list
+
+
+def _split(labelled: list[Atoms], cfg: FitSettings) -> tuple[list[Atoms], list[Atoms]]:
+    order = np.random.default_rng(cfg.seed).permutation(len(labelled))
+    n_val = max(1, int(round(cfg.val_fraction * len(labelled))))
+    val = [labelled[i] for i in order[:n_val]]
+    return [labelled[i] for i in order[n_val:]] or val, val
+
+
+def _fit(model: MultiHeadPotential, names: list[str], train: list[Atoms], val_batch, cfg: FitSettings,
+         head: str, target: float | None) -> _Fit:
+    """Minimise ``head``'s loss over the parameters ``names`` on ``train``; keep the best validated
+    weights (the start weights if nothing helped). Stops at ``cfg.max_steps``, on a stalled
+    validation loss, at ``target`` (TTT's in-distribution prior loss), or rolls back on divergence."""
+    weights = LossWeights(cfg.energy_weight, cfg.force_weight)
+    params = [dict(model.named_parameters())[n] for n in names]
+    rng = np.random.default_rng(cfg.seed)
+
+    def val_loss() -> float:
+        return float(_loss(model, val_batch, weights, False, cfg.energy_offset_free, head)[0].detach())
+
+    start = val_loss()
+    if not math.isfinite(start):
+        raise FloatingPointError(f"the {head} loss of the unadapted model is {start}; cannot adapt")
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # best: the lowest validated loss and its weights (restored at the end); ref: the loss that
+    # counts as progress for patience (must improve by min_rel_improvement)
+    best, best_state, ref, stale = start, snapshot(model, names), start, 0
+    curve, val_curve = [], [(0, start)]
+    reason, n_updates = f"max_steps ({cfg.max_steps})", 0
+    # already at the in-distribution loss: training further would only overfit the prior
+    steps = range(1, cfg.max_steps + 1) if target is None or start > target else range(0)
+    if target is not None and start <= target:
+        reason = f"reached the in-distribution prior loss ({target:.4g}) before any step"
+    dtype, device = model.dtype, model.device
+    for step in steps:
+        idx = rng.choice(len(train), size=min(cfg.batch_size, len(train)), replace=False)
+        batch = collate([train[i] for i in idx], model.cutoff, dtype=dtype, device=device, labels=True)
+        opt.zero_grad(set_to_none=True)
+        loss, _ = _loss(model, batch, weights, True, cfg.energy_offset_free, head)
+        if not torch.isfinite(loss):
+            reason = "non-finite loss: rolled back"
+            break
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        n_updates = step
+        curve.append(float(loss.detach()))
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            v = val_loss()
+            val_curve.append((step, v))
+            if not math.isfinite(v) or v > cfg.divergence_factor * start:
+                reason = "diverged: rolled back"
+                break
+            if v < best:
+                best, best_state = v, snapshot(model, names)
+            if v < ref * (1 - cfg.min_rel_improvement):
+                ref, stale = v, 0
+            else:
+                stale += 1
+            if target is not None and v <= target:
+                reason = f"reached the in-distribution prior loss ({target:.4g})"
+                break
+            if stale >= cfg.patience:
+                reason = f"{head} loss stalled ({cfg.patience} checks without improvement)"
+                break
+    restore(model, best_state)
+    return _Fit(n_updates, reason, start, val_loss(), curve, val_curve)
+
+
+def _run_on_system(state: "AdaptationState", key: str, kind: str, labelled: list[Atoms], cfg: FitSettings,
+                   groups: tuple[str, ...], head: str, target: float | None, source: str, t0: float,
+                   carry_on: bool) -> "AdaptationReport":
+    """Fit ``groups`` of ``state.model`` on one system's labelled frames and record the result.
+
+    With ``carry_on`` the weights continue from this system's current ones (so TTT and fine-tuning
+    combine, in either order); otherwise, and always when the model holds another system's weights,
+    from the pre-adaptation ones. Any error puts back the weights the call started from."""
+    model = state.model
+    carry_on = carry_on and state.current == key
+    if not carry_on:
+        state.restore()  # never on top of another system's adaptation
+    before = snapshot(model, state.names)
+    train, val = _split(labelled, cfg)
+    val_batch = collate(val, model.cutoff, dtype=model.dtype, device=model.device, labels=True)
+    names = sorted({n for g in groups for n in model.parameter_groups()[g]})
+    model.set_trainable(*groups)
+    try:
+        disagreement_before = _mean_disagreement(model, val_batch)
+        fit = _fit(model, names, train, val_batch, cfg, head, target)
+        disagreement_after = _mean_disagreement(model, val_batch)
+    except BaseException:
+        restore(model, before)
+        raise
+    finally:
+        model.requires_grad_(False)
+    ran = state.ran.get(key, []) + [kind] if carry_on else [kind]
+    state.cache[key], state.current, state.ran[key] = snapshot(model, state.names), key, ran
+    report = AdaptationReport(
+        steps=fit.steps, seconds=time.perf_counter() - t0, prior_loss_start=fit.start, prior_loss_end=fit.end,
+        stop_reason=fit.reason, parameters=names,
+        n_parameters=int(sum(dict(model.named_parameters())[n].numel() for n in names)),
+        force_disagreement_before=disagreement_before, force_disagreement_after=disagreement_after,
+        n_frames=len(labelled), frame_source=source, system=key, loss_curve=fit.curve,
+        val_curve=fit.val_curve, id_prior_loss=target, kind=kind, ran=list(ran))
+    state.reports[key] = report
+    log.info("%s on %s: %d steps, %s loss %.4g -> %.4g (%s) in %.1f s", kind, labelled[0].get_chemical_formula(),
+             fit.steps, head, fit.start, fit.end, fit.reason, report.seconds)
+    return report
+
+
+def _system_of(atoms_or_frames) -> tuple[Atoms | list[Atoms], str]:
+    if not isinstance(atoms_or_frames, Atoms):
+        atoms_or_frames = list(atoms_or_frames)  # once: a generator must not be consumed twice
+        if len(atoms_or_frames) < 2:
+            raise ValueError("give one Atoms (frames are generated) or at least two frames")
+    first = atoms_or_frames if isinstance(atoms_or_frames, Atoms) else atoms_or_frames[0]
+    return atoms_or_frames, system_key(first)
 
 
 def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> AdaptationReport:
@@ -294,106 +484,38 @@ def adapt(calc, atoms_or_frames, force: bool = False, **overrides) -> Adaptation
     from .data import label_with_prior
 
     cfg = calc.ttt_config.updated(**overrides) if overrides else calc.ttt_config
-    model: MultiHeadPotential = calc.model
     state: AdaptationState = calc.adaptation
-    if not isinstance(atoms_or_frames, Atoms):
-        atoms_or_frames = list(atoms_or_frames)  # once: a generator must not be consumed twice
-        if len(atoms_or_frames) < 2:
-            raise ValueError("give one Atoms (frames are generated) or at least two frames")
-    first = atoms_or_frames if isinstance(atoms_or_frames, Atoms) else atoms_or_frames[0]
-    key = system_key(first)
+    atoms_or_frames, key = _system_of(atoms_or_frames)
     t0 = time.perf_counter()
-    if key in state.cache and not force:
+    # this system was adapted before (and perhaps fine-tuned after): its weights, not another TTT
+    if key in state.cache and not force and "ttt" in state.ran.get(key, []):
         state.apply(key)
         old = state.reports[key]
         return replace(old, cached=True, seconds=time.perf_counter() - t0)
-
     frames, source = make_frames(atoms_or_frames, calc.prior, cfg)  # bad frames raise before any change
     labelled = label_with_prior(frames, calc.prior)
-    state.restore()  # always adapt from the pre-TTT weights, never on top of another system's
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(labelled))
-    n_val = max(1, int(round(cfg.val_fraction * len(labelled))))
-    val = [labelled[i] for i in order[:n_val]]
-    train = [labelled[i] for i in order[n_val:]] or val
-    dtype, device = model.dtype, model.device
-    val_batch = collate(val, model.cutoff, dtype=dtype, device=device, labels=True)
-    weights = LossWeights(cfg.energy_weight, cfg.force_weight)
+    target = calc.model.stats.prior_loss if cfg.stop_at_id_loss else None
+    # TTT starts afresh from the shipped weights, unless this system's were fine-tuned on labels
+    fine_tuned = "finetune" in state.ran.get(key, [])
+    return _run_on_system(state, key, "ttt", labelled, cfg, (cfg.parameters,), "prior", target, source, t0,
+                          carry_on=fine_tuned)
 
-    params = model.parameters_of(cfg.parameters)
-    names = model.parameter_groups()[cfg.parameters]
-    model.set_trainable(cfg.parameters)
-    try:
-        def val_loss() -> float:
-            return float(_loss(model, val_batch, weights, False, cfg.energy_offset_free)[0].detach())
 
-        start = val_loss()
-        disagreement_before = _mean_disagreement(model, val_batch)
-        if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        target = model.stats.prior_loss if cfg.stop_at_id_loss else None
-        # best: the lowest validated loss and its weights (restored at the end); ref: the loss that
-        # counts as progress for patience (must improve by min_rel_improvement)
-        best, best_state, ref, stale = start, snapshot(model, names), start, 0
-        curve, val_curve = [], [(0, start)]
-        reason, n_updates = f"max_steps ({cfg.max_steps})", 0
-        if not math.isfinite(start):
-            raise FloatingPointError(f"the prior loss of the unadapted model is {start}; cannot adapt")
-        n_train = len(train)
-        # already at the in-distribution loss: training further would only overfit the prior
-        steps = range(1, cfg.max_steps + 1) if target is None or start > target else range(0)
-        if target is not None and start <= target:
-            reason = f"reached the in-distribution prior loss ({target:.4g}) before any step"
-        for step in steps:
-            idx = rng.choice(n_train, size=min(cfg.batch_size, n_train), replace=False)
-            batch = collate([train[i] for i in idx], model.cutoff, dtype=dtype, device=device, labels=True)
-            opt.zero_grad(set_to_none=True)
-            loss, _ = _loss(model, batch, weights, True, cfg.energy_offset_free)
-            if not torch.isfinite(loss):
-                reason = "non-finite loss: rolled back"
-                break
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            n_updates = step
-            curve.append(float(loss.detach()))
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                v = val_loss()
-                val_curve.append((step, v))
-                if not math.isfinite(v) or v > cfg.divergence_factor * start:
-                    reason = "diverged: rolled back"
-                    break
-                if v < best:
-                    best, best_state = v, snapshot(model, names)
-                if v < ref * (1 - cfg.min_rel_improvement):
-                    ref, stale = v, 0
-                else:
-                    stale += 1
-                if target is not None and v <= target:
-                    reason = f"reached the in-distribution prior loss ({target:.4g})"
-                    break
-                if stale >= cfg.patience:
-                    reason = f"prior loss stalled ({cfg.patience} checks without improvement)"
-                    break
-        restore(model, best_state)  # best validated weights; the start weights if nothing helped
-        end = val_loss()
-        disagreement_after = _mean_disagreement(model, val_batch)
-    except BaseException:
-        state.restore()
-        raise
-    finally:
-        model.requires_grad_(False)
-    state.cache[key] = snapshot(model, names)
-    report = AdaptationReport(
-        steps=n_updates, seconds=time.perf_counter() - t0, prior_loss_start=start, prior_loss_end=end,
-        stop_reason=reason, parameters=names, n_parameters=int(sum(p.numel() for p in params)),
-        force_disagreement_before=disagreement_before, force_disagreement_after=disagreement_after,
-        n_frames=len(labelled), frame_source=source, system=key, loss_curve=curve,
-        val_curve=val_curve, id_prior_loss=target,
-    )
-    state.reports[key] = report
-    log.info("TTT on %s: %d steps, prior loss %.4g -> %.4g (%s) in %.1f s", first.get_chemical_formula(),
-             n_updates, start, end, reason, report.seconds)
-    return report
+def finetune(state: "AdaptationState", frames, cfg: FinetuneLabelsConfig) -> AdaptationReport:
+    """Fine-tune on labelled frames of one system: the main head's loss L_M against the reference
+    energies and forces each frame carries (e.g. a ``SinglePointCalculator``), over
+    ``cfg.parameters``; energies up to a constant by default (the element references of a new
+    composition are not pinned). A fifth of the frames (``val_fraction``) is held out for early
+    stopping and the best validated weights are kept; divergence rolls back."""
+    frames, key = _system_of(frames)
+    if isinstance(frames, Atoms):
+        raise ValueError("finetune needs labelled frames (a list of at least two Atoms), not one structure")
+    numbers = frames[0].numbers
+    if any(len(f) != len(numbers) or np.any(f.numbers != numbers) for f in frames):
+        raise ValueError("all fine-tuning frames must be the same system (same atoms in the same order)")
+    missing = [i for i, f in enumerate(frames) if f.calc is None or "forces" not in f.calc.results]
+    if missing:
+        raise ValueError(f"frames {missing[:5]} carry no reference energy and forces (attach a "
+                         f"SinglePointCalculator, as load_rmd17 and read_frames do)")
+    return _run_on_system(state, key, "finetune", frames, cfg, FINETUNE_GROUPS[cfg.parameters], "main", None,
+                          "labelled", time.perf_counter(), carry_on=True)

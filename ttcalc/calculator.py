@@ -67,6 +67,8 @@ class TTTCalculator(Calculator):
     ttt: ``"off"``, ``"auto"`` (adapt once per new system on its first calculation) or ``"always"``
         (adapt again whenever the system changes, even to one seen before).
     ttt_config: a :class:`~ttcalc.adaptation.TTTConfig` (or dict) for test-time training.
+    finetune_config: a :class:`~ttcalc.adaptation.FinetuneLabelsConfig` (or dict) for
+        :meth:`finetune` on labelled frames.
     radius_refinement: choose the cutoff per new system by spectral matching (paper sec. 4; the
         Laplacian eigenvalue distributions are compared, see :mod:`ttcalc.spectral`).
     disagreement_every: evaluate the prior every k-th calculation to report the main-vs-prior
@@ -80,8 +82,9 @@ class TTTCalculator(Calculator):
                  dtype: str = "float32", head: str = "main", compile: bool = True,
                  unseen_elements: Literal["warn", "raise"] = "warn", min_distance: float = 0.5,
                  ttt: TTTMode = "off", ttt_config=None, radius_refinement: bool = False,
-                 radii: Sequence[float] | None = None, disagreement_every: int = 1, **kwargs):
-        from .adaptation import TTTConfig
+                 radii: Sequence[float] | None = None, disagreement_every: int = 1, finetune_config=None,
+                 **kwargs):
+        from .adaptation import FinetuneLabelsConfig, TTTConfig
         from .priors import make_prior
 
         if ttt not in ("off", "auto", "always"):
@@ -98,6 +101,7 @@ class TTTCalculator(Calculator):
         if ttt != "off" and self.prior is None:
             raise ValueError("test-time training needs a prior (e.g. prior='xtb')")
         self.ttt_config = TTTConfig.coerce(ttt_config)
+        self.finetune_config = FinetuneLabelsConfig.coerce(finetune_config)
         self.training_cutoff = float(self.model.stats.cutoff or self.model.cutoff)
         super().__init__(
             model=model_name, prior=None if self.prior is None else self.prior.fingerprint(),
@@ -306,6 +310,20 @@ class TTTCalculator(Calculator):
         if self.prior is None:
             raise ValueError("test-time training needs a prior")
         report = adapt(self, atoms_or_frames, force=force, **overrides)
+        self.last_adaptation = report
+        self.reset()
+        return report
+
+    def finetune(self, frames, **overrides):
+        """Fine-tune on labelled frames of one system (reference energies and forces in each
+        frame's calculator): θM and, by default, θR on the main loss, with a held-out part for early
+        stopping; combines with :meth:`adapt` in either order (the report's ``ran`` says what ran).
+        Settings: :class:`~ttcalc.adaptation.FinetuneLabelsConfig` (``finetune_config``) and
+        ``overrides``; :meth:`reset_adaptation` restores the shipped weights exactly."""
+        from .adaptation import finetune
+
+        cfg = self.finetune_config.updated(**overrides) if overrides else self.finetune_config
+        report = finetune(self.adaptation, frames, cfg)
         self.last_adaptation = report
         self.reset()
         return report

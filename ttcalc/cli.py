@@ -99,6 +99,21 @@ def cmd_demo(args) -> int:
                     progress=not args.quiet)
 
 
+def cmd_finetune(args) -> int:
+    from .calculator import TTTCalculator
+    from .data import read_frames
+
+    frames = read_frames(args.frames)
+    calc = TTTCalculator(args.model, prior=args.prior, compile=False, disagreement_every=0)
+    if args.ttt:
+        print(json.dumps({"ttt": calc.adapt(frames[0]).summary()}, indent=2))
+    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("lr", args.lr)) if v is not None}
+    report = calc.finetune(frames, **overrides)
+    calc.model.save(args.out, metadata={"finetune": report.summary(), "frames": str(args.frames)})
+    print(json.dumps({"finetune": report.summary(), "model": args.out}, indent=2))
+    return 0
+
+
 def cmd_data(args) -> int:
     from .data.catalog import dataset_status, download
 
@@ -143,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(<output>.<stage>.state.pt): weights, optimiser, schedule, EMA, RNG and epoch")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     t.set_defaults(func=cmd_train)
+
+    f = sub.add_parser("finetune", help="fine-tune a model on labelled frames of one system")
+    f.add_argument("model", help="checkpoint path or shipped model name")
+    f.add_argument("frames", help="labelled frames (extended XYZ or ASE db with energies and forces)")
+    f.add_argument("--out", required=True, help="where to write the fine-tuned checkpoint")
+    f.add_argument("--ttt", action="store_true", help="test-time train on the prior first (needs --prior)")
+    f.add_argument("--prior", default=None, help="prior for --ttt: xtb, tblite, emt, lj")
+    f.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default 300)")
+    f.add_argument("--lr", type=float, default=None, help="learning rate (default 5e-4, Adam)")
+    f.set_defaults(func=cmd_finetune)
 
     d = sub.add_parser("data", help="reference data sets: list where they are, download public originals")
     dsub = d.add_subparsers(dest="data_command", required=True)
