@@ -368,6 +368,18 @@ def _stage_state(model, opt, sched, ema, rng, monitor, pos, done=False, result=N
             "position": vars(pos) if pos else None, "done": done, "result": result}
 
 
+def _load_stage_state(saved: dict, model, opt, sched, ema, rng) -> _EpochPosition:
+    """Put a saved stage state back (the inverse of :func:`_stage_state`, bar the monitor)."""
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimiser"])
+    sched.load_state_dict(saved["scheduler"])
+    if ema is not None:
+        ema.average = {n: saved["ema"][n].clone() for n in ema.params}
+    rng.bit_generator.state = saved["np_rng"]
+    torch.set_rng_state(saved["torch_rng"])
+    return _EpochPosition(**saved["position"])
+
+
 def read_stage_state(path: str | Path) -> dict:
     """A stage state written by :func:`train_stage` (our own file: full unpickling is safe)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -413,8 +425,8 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
         log.info("%s: already finished in %s", name, state_path)
         return StageResult(**saved["result"])
     params, opt, sched = make_optimiser(model, groups, cfg, name)
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    ema = ParameterEMA(named, cfg.ema_decay) if cfg.ema_decay else None
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    ema = ParameterEMA(trainable, cfg.ema_decay) if cfg.ema_decay else None
     averaged = ema.applied if ema is not None else nullcontext
     rng = np.random.default_rng(seed)
     sizes = np.array([len(a) for a in train_frames])
@@ -425,14 +437,7 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
 
     pos = _EpochPosition()
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimiser"])
-        sched.load_state_dict(saved["scheduler"])
-        if ema is not None:
-            ema.average = {n: saved["ema"][n].clone() for n in named}
-        rng.bit_generator.state = saved["np_rng"]
-        torch.set_rng_state(saved["torch_rng"])
-        pos = _EpochPosition(**saved["position"])
+        pos = _load_stage_state(saved, model, opt, sched, ema, rng)
         initial = saved["monitor"]["initial_val"]
         log.info("%s: resuming at epoch %d, batch %d from %s", name, pos.epoch, pos.next_batch, state_path)
     else:
