@@ -78,6 +78,7 @@ def main(argv=None) -> dict:
     p.add_argument("--molecules", nargs="+", default=["naphthalene", "toluene"], help="rMD17 test molecules")
     p.add_argument("--n-frames", type=int, nargs="+", default=[50], help="labelled frames per draw")
     p.add_argument("--draws", type=int, default=3, help="independent draws of the labelled frames")
+    p.add_argument("--first-draw", type=int, default=0, help="number of the first draw (to add draws later)")
     p.add_argument("--n-test", type=int, default=200, help="test_01 frames scored")
     p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES, help="which to run")
     p.add_argument("--quick", action="store_true", help="naphthalene, 1 draw, 40 test frames, 30 steps")
@@ -92,7 +93,7 @@ def main(argv=None) -> dict:
     for mol in args.molecules:
         test = load_rmd17(mol, "test_01", n=args.n_test, seed=0)
         for n in args.n_frames:
-            for draw in range(args.draws):
+            for draw in range(args.first_draw, args.first_draw + args.draws):
                 frames = load_rmd17(mol, "train_01", n=n, seed=100 + draw)
                 for name in args.pipelines:
                     res = run_pipeline(name, args.model, frames, test, overrides)

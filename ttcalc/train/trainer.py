@@ -399,6 +399,25 @@ def _batch_loss(step: ForceStep, batch: Batch, idx, targets: dict[str, Targets],
     return loss
 
 
+def _train_batch(whole: np.ndarray, frames: Sequence[Atoms], targets: dict[str, Targets], step: ForceStep,
+                 opt: torch.optim.Optimizer, params: list, ema: "ParameterEMA | None", cfg: StageConfig,
+                 head_weights: dict[str, float], weights: LossWeights, name: str, epoch: int) -> float:
+    """One optimiser step on this rank's shard of the batch ``whole``; returns the shard's loss."""
+    rank, world_size = world()
+    idx = whole[rank::world_size]  # all of it in one process
+    if len(idx) == 0:
+        raise ValueError(f"{name}: a batch of {len(whole)} frames cannot be split over {world_size} "
+                         f"processes; use batch_size >= world size and drop_last")
+    model = step.model
+    batch = collate([frames[i] for i in idx], model.cutoff, model.dtype, model.device)
+    opt.zero_grad(set_to_none=True)
+    loss = _batch_loss(step, batch, idx, targets, head_weights, weights)
+    optimiser_step(loss, opt, params, cfg.grad_clip, name, epoch, world_size, len(idx) / len(whole))
+    if ema is not None:
+        ema.update()
+    return float(loss.detach())
+
+
 def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_targets: dict[str, Targets],
                 val_frames: Sequence[Atoms], val_targets: dict[str, Targets], groups: Sequence[str],
                 cfg: StageConfig, head_weights: dict[str, float] | None = None, name: str = "stage",
@@ -414,7 +433,7 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     and at the end; ``resume=True`` continues from it, and the continuation takes the same batches
     in the same order as an uninterrupted run.
     """
-    rank, world_size = world()
+    rank, _ = world()
     head_weights = head_weights or {h: 1.0 for h in train_targets}
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
     state_path = Path(state_path) if state_path is not None else None
@@ -461,18 +480,9 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
             if pos.batches is None:
                 pos.batches, pos.next_batch, pos.running = epoch_batches(sizes, cfg, rng), 0, 0.0
             while pos.next_batch < len(pos.batches):
-                whole = pos.batches[pos.next_batch]
-                idx = whole[rank::world_size]  # this rank's shard (all of it in one process)
-                if len(idx) == 0:
-                    raise ValueError(f"{name}: a batch of {len(whole)} frames cannot be split over {world_size} "
-                                     f"processes; use batch_size >= world size and drop_last")
-                batch = collate([train_frames[i] for i in idx], model.cutoff, model.dtype, model.device)
-                opt.zero_grad(set_to_none=True)
-                loss = _batch_loss(step, batch, idx, train_targets, head_weights, weights)
-                optimiser_step(loss, opt, params, cfg.grad_clip, name, pos.epoch, world_size, len(idx) / len(whole))
-                if ema is not None:
-                    ema.update()
-                pos.running += float(loss.detach())
+                loss = _train_batch(pos.batches[pos.next_batch], train_frames, train_targets, step, opt, params,
+                                    ema, cfg, head_weights, weights, name, pos.epoch)
+                pos.running += loss
                 pos.next_batch += 1
                 n_done += 1
                 stop.after_batch(n_done)
