@@ -1,0 +1,59 @@
+"""Q-residuals: PCA distance from the training feature subspace, and its limits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ttcalc.uncertainty import QResidual, fit_q_residual, jackson_mudholkar_limit
+
+
+def _data(rng, n=4000, f=12, k=3, noise=0.05):
+    basis = np.linalg.qr(rng.normal(size=(f, f)))[0]
+    x = rng.normal(size=(n, k)) * [3.0, 2.0, 1.0] @ basis[:, :k].T + noise * rng.normal(size=(n, f))
+    return x, basis
+
+
+def test_q_separates_in_subspace_from_off_subspace_points(rng):
+    x, basis = _data(rng)
+    structure = np.repeat(np.arange(len(x) // 8), 8)
+    model = fit_q_residual(x, structure, variance=0.99)
+    assert model.k == 3
+    inside = rng.normal(size=(200, 3)) @ basis[:, :3].T
+    outside = inside + 1.0 * basis[:, 5]
+    assert model.atom_q(inside).max() < model.atom_limit < model.atom_q(outside).min()
+    # Q is the squared norm of the residual: a shift of 1 along a discarded direction adds ~1
+    assert np.median(model.atom_q(outside)) == pytest.approx(1.0, abs=0.1)
+
+
+def test_jackson_mudholkar_limit_flags_about_one_minus_alpha_of_gaussian_training_atoms(rng):
+    x, _ = _data(rng, n=20000)
+    model = fit_q_residual(x, np.arange(len(x)), alpha=0.95)
+    flagged = float(np.mean(model.atom_q(x) > model.atom_limit))
+    assert 0.03 < flagged < 0.07
+    assert jackson_mudholkar_limit(model.eigenvalues[model.k:], 0.99) > model.atom_limit
+
+
+def test_structure_q_is_the_largest_atom_q_and_its_limit_a_training_quantile(rng):
+    x, _ = _data(rng, n=800)
+    structure = np.repeat(np.arange(100), 8)
+    model = fit_q_residual(x, structure, alpha=0.9)
+    q = model.atom_q(x)
+    assert np.allclose(model.structure_q(x, structure), q.reshape(100, 8).max(axis=1))
+    assert np.mean(model.train_structure_q > model.structure_limit) == pytest.approx(0.1, abs=0.02)
+    again = QResidual.from_dict(model.to_dict())
+    assert np.allclose(again.atom_q(x), q) and again.structure_limit == model.structure_limit
+
+
+def test_bad_input_is_refused(rng):
+    x, _ = _data(rng, n=40)
+    with pytest.raises(ValueError, match="variance must be in"):
+        fit_q_residual(x, np.arange(40), variance=1.0)
+    with pytest.raises(ValueError, match="at least two atoms"):
+        fit_q_residual(x[:1], np.arange(1))
+    model = fit_q_residual(x, np.arange(40))
+    with pytest.raises(ValueError, match="features must be"):
+        model.atom_q(x[:, :5])
+    with pytest.raises(ValueError, match="one structure index per atom"):
+        model.structure_q(x, np.arange(39))
+    with pytest.raises(ValueError, match="alpha must be in"):
+        jackson_mudholkar_limit(np.ones(3), 1.5)
