@@ -326,10 +326,14 @@ def make_frames(atoms_or_frames, prior, cfg: TTTConfig) -> tuple[list[Atoms], st
     frames = list(atoms_or_frames)
     if len(frames) < 2:
         raise ValueError("give one Atoms (frames are generated) or at least two frames")
+    _check_one_system(frames, "TTT")
+    return frames, "user"
+
+
+def _check_one_system(frames: list[Atoms], what: str) -> None:
     numbers = frames[0].numbers
     if any(len(f) != len(numbers) or np.any(f.numbers != numbers) for f in frames):
-        raise ValueError("all TTT frames must be the same system (same atoms in the same order)")
-    return frames, "user"
+        raise ValueError(f"all {what} frames must be the same system (same atoms in the same order)")
 
 
 # --- the adaptation loop ------------------------------------------------------------------------------
@@ -510,9 +514,7 @@ def finetune(state: "AdaptationState", frames, cfg: FinetuneLabelsConfig) -> Ada
     frames, key = _system_of(frames)
     if isinstance(frames, Atoms):
         raise ValueError("finetune needs labelled frames (a list of at least two Atoms), not one structure")
-    numbers = frames[0].numbers
-    if any(len(f) != len(numbers) or np.any(f.numbers != numbers) for f in frames):
-        raise ValueError("all fine-tuning frames must be the same system (same atoms in the same order)")
+    _check_one_system(frames, "fine-tuning")
     missing = [i for i, f in enumerate(frames) if f.calc is None or "forces" not in f.calc.results]
     if missing:
         raise ValueError(f"frames {missing[:5]} carry no reference energy and forces (attach a "
