@@ -18,8 +18,8 @@ import numpy as np
 
 from ttcalc import TTTCalculator
 from ttcalc.data import load_rmd17
-from ttcalc.evaluation import evaluate_calculator
-from ttcalc.spectral import TrainingSpectrum, refine_radius
+from ttcalc.diagnostics.evaluation import evaluate_calculator
+from ttcalc.diagnostics.spectral import TrainingSpectrum, refine_radius
 
 
 def main() -> None:

@@ -75,7 +75,7 @@ class SpeedConfig:
 def load_benchmark_model(path: str | None):
     """(model, description): a checkpoint, or an untrained default TensorNet (seeded)."""
     from ttcalc import load_model
-    from ttcalc.model import ModelConfig, MultiHeadPotential
+    from ttcalc.model.potential import ModelConfig, MultiHeadPotential
 
     if path is None and DEFAULT_CHECKPOINT.exists():
         path = str(DEFAULT_CHECKPOINT)
@@ -180,7 +180,7 @@ class BatchedMD:
 
     def __init__(self, model, atoms: Atoms, replicas: int, cfg: SpeedConfig):
         from md_protocols.batched import BatchedVelocityVerlet
-        from ttcalc.fast import FastEvaluator
+        from ttcalc.model.compiled import FastEvaluator
 
         self.model, self.frame, self.replicas, self.cfg = model, atoms, replicas, cfg
         self.repeat = 0
@@ -225,7 +225,7 @@ class BatchedMD:
 # --- driver -------------------------------------------------------------------------------------
 def run(cfg: SpeedConfig) -> dict:
     from ttcalc import TTTCalculator
-    from ttcalc.fast import FastEvaluator
+    from ttcalc.model.compiled import FastEvaluator
 
     torch.set_num_threads(cfg.threads)
     info_start = machine_info()

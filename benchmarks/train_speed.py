@@ -1,7 +1,7 @@
 """How fast one training step runs: the default (compiled) step against the eager one.
 
 A training step is the forward pass, forces F = −∂E/∂r with a graph to the parameters, and the
-parameter gradient of the energy+force loss (``ttcalc.losses``, weights 1 and 10): exactly what
+parameter gradient of the energy+force loss (``ttcalc.train.losses``, weights 1 and 10): exactly what
 ``train_stage`` and TTT do per batch. Both paths are :class:`ttcalc.train.force_step.ForceStep`,
 ``compile=True`` (make_fx trace + inductor, the trainer's default for long stages) and
 ``compile=False`` (eager PyTorch on the same dense kernel, the trainer before the trace). Each
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttcalc.batch import collate
+from ttcalc.model.batch import collate
 from ttcalc.data import load_rmd17
-from ttcalc.files import atomic_write
-from ttcalc.losses import LossWeights, energy_force_loss
-from ttcalc.model import ModelConfig, MultiHeadPotential
+from md_protocols.files import atomic_write
+from ttcalc.train.losses import LossWeights, energy_force_loss
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential
 from ttcalc.train.force_step import ForceStep
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -15,7 +15,7 @@ from ase.io import read
 
 from md_protocols import run_md
 from ttcalc import TTTCalculator
-from ttcalc.demo import naphthalene
+from ttcalc.app.demo import naphthalene
 
 
 def main(argv=None) -> None:

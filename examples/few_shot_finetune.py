@@ -14,7 +14,7 @@ import argparse
 
 from ttcalc import TTTCalculator, load_pretrained
 from ttcalc.data import load_rmd17
-from ttcalc.evaluation import evaluate_calculator
+from ttcalc.diagnostics.evaluation import evaluate_calculator
 from ttcalc.priors import SGDMLPrior
 
 

@@ -14,10 +14,10 @@ import argparse
 import numpy as np
 
 from ttcalc import load_pretrained
-from ttcalc.batch import collate
+from ttcalc.model.batch import collate
 from ttcalc.data import label_with_prior
 from ttcalc.data.qm9 import displaced_molecules, load_qm9
-from ttcalc.heads import PropertyHeadConfig
+from ttcalc.model.heads import PropertyHeadConfig
 from ttcalc.priors import XTBPrior
 from ttcalc.train import FinetuneConfig, StageConfig, finetune_property
 

@@ -13,9 +13,10 @@ import argparse
 
 import numpy as np
 
-from md_protocols import relax_extra_steps, xtb_reference
+from md_protocols import relax_extra_steps
+from ttcalc.priors import xtb_reference
 from ttcalc import TTTCalculator
-from ttcalc.demo import naphthalene
+from ttcalc.app.demo import naphthalene
 
 
 def main(argv=None) -> None:

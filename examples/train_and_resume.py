@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ttcalc.model import ModelConfig, MultiHeadPotential
-from ttcalc.representation import RepresentationConfig
+from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train import DataConfig, StageConfig, TrainConfig, train_model
 from ttcalc.train.trainer import StopSignal, TrainingInterrupted
 

@@ -21,10 +21,8 @@ from md_protocols.relax import (
     ExtraStepsResult,
     RelaxResult,
     kabsch_rmsd,
-    pyscf_calculator,
     relax,
     relax_extra_steps,
-    xtb_reference,
 )
 from md_protocols.report import write_results
 from md_protocols.simulate import MDResult, run_md
@@ -60,8 +58,6 @@ __all__ = [
     "RelaxResult",
     "ExtraStepsResult",
     "kabsch_rmsd",
-    "pyscf_calculator",
-    "xtb_reference",
     "pes_along_hessian",
     "PESGrid",
     "write_results",

@@ -1,9 +1,11 @@
 """Batched replicas: B independent copies of one molecule integrated together, one model call per step.
 
-The replicas share one :class:`ttcalc.fast.FastEvaluator` built for ``replicas=B``, so every MD step
-is a single (B, N, 3) forward+backward. Positions and momenta are float64 torch tensors; positions are
-cast to the model dtype only for the call. The physics is that of the ASE integrators used by
-:func:`md_protocols.run_md`, written for a leading replica axis:
+The replicas share one force function, ``positions (B, N, 3) -> (energy (B,), forces (B, N, 3))``
+(JAX-MD's convention: a simulation takes a force function), so every MD step is a single call. Positions
+and momenta are float64 torch tensors. A model can stand in for the function if it makes one: any object
+with a ``batched_force_fn(numbers, positions, compile=..., head=...)`` method (ttcalc's
+``MultiHeadPotential`` builds its compiled dense kernel for B replicas there). The physics is that of
+the ASE integrators used by :func:`md_protocols.run_md`, written for a leading replica axis:
 
 * NVE: ASE's ``VelocityVerlet``:  p ← p + ½Δt F(r);  r ← r + Δt p/m;  p ← p + ½Δt F(r).
 * NVT: ASE 3.29's ``Langevin`` with ``fixcm=False``, the Vanden-Eijnden–Ciccotti propagator
@@ -18,8 +20,8 @@ cast to the model dtype only for the call. The physics is that of the ASE integr
 Seeding follows :func:`run_md` exactly: replica k with seed s draws its Maxwell–Boltzmann velocities
 (then ``Stationary`` + ``ZeroRotation``) and its thermostat noise from the two children of
 ``np.random.SeedSequence(s)``, and draws ξ then η per step as ASE's ``Langevin`` does. A single
-replica therefore follows the same trajectory as ``run_md`` with a ``TTTCalculator`` on the same
-model (up to floating-point summation order of the compiled kernel).
+replica therefore follows the same trajectory as ``run_md`` with a calculator for the same potential
+(up to floating-point summation order).
 
 A replica whose energy, forces or positions turn non-finite, or that fails a check (by default Fu et
 al.'s bond-collapse criterion against the starting structure, :class:`BondCollapseCheck`), is frozen:
@@ -28,7 +30,6 @@ forces and noise, and it no longer contributes; the others continue.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 import time
@@ -44,7 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from md_protocols.checks import BondCollapseCheck, Check, CheckFailure, evaluate_check
-from md_protocols.simulate import MDResult, _initial_velocities
+from md_protocols.simulate import MDResult, _initial_velocities, _Protocol, _Recorder
 
 logger = logging.getLogger(__name__)
 
@@ -121,20 +122,9 @@ class BatchedLangevin:
         return r, v * m, forces, energy
 
 
-@dataclass
-class _Log:
-    """Per-replica logged frames."""
-
-    steps: list
-    epot: list
-    ekin: list
-    temp: list
-    frames: list
-
-
 def run_batched_md(
     atoms: Atoms | Sequence[Atoms],
-    model,
+    force_fn,
     n_replicas: int,
     ensemble: str = "nvt",
     temperature_K: float = 500.0,
@@ -155,18 +145,20 @@ def run_batched_md(
     trajectories: Sequence[str | Path] | None = None,
     append: bool = False,
 ) -> list[MDResult]:
-    """Integrate ``n_replicas`` independent replicas of one molecule with one model call per step.
+    """Integrate ``n_replicas`` independent replicas of one molecule with one force call per step.
 
     ``atoms``: the starting structure (shared by all replicas) or one structure per replica, all with
-    the same atomic numbers, non-periodic. ``model``: a ``MultiHeadPotential`` with the TensorNet
-    representation or a checkpoint path (a private copy is used, in the model's dtype).
+    the same atomic numbers, non-periodic. ``force_fn``: a :data:`ForceFn`, or a model with a
+    ``batched_force_fn(numbers, positions, compile=compile, head=head)`` method that returns one
+    (``compile`` and ``head`` are only passed on to it).
     ``seeds`` (default ``0..n_replicas-1``) seed each replica as :func:`run_md`'s ``seed`` does.
     ``checks``: per-replica early-stop checks as in :func:`run_md`, evaluated every
     ``check_interval`` steps (default ``log_interval``); None means a :class:`BondCollapseCheck`
     against the starting structure (threshold 0.5 Å); ``()`` disables them. The finite check runs
     on every step. Returns one :class:`MDResult` per replica (``extra`` holds ``replica``,
-    ``n_replicas``, ``model_calls``, the ``final_positions``/``final_momenta`` and the replica's
-    ``thermostat_rng``; ``seconds`` is the wall time of the whole batch).
+    ``n_replicas``, ``model_calls``, ``compiled`` (the force function's flag, if it has one), the
+    ``final_positions``/``final_momenta`` and the replica's ``thermostat_rng``; ``seconds`` is the
+    wall time of the whole batch).
 
     Continuation: pass one structure per replica (the last positions), ``momenta`` (B, N, 3) and the
     ``thermostat_rng`` generators the previous call returned, and a chunked run follows the single
@@ -177,45 +169,76 @@ def run_batched_md(
     frame, the previous chunk's last, only once).
     See the module docstring for the integrators and the freezing of failed replicas.
     """
-    from ttcalc.fast import FastEvaluator
-
-    if ensemble not in ("nvt", "nve"):
-        raise ValueError(f"run_batched_md: ensemble must be 'nvt' or 'nve', got {ensemble!r}")
+    protocol = _Protocol("run_batched_md", ensemble, temperature_K, timestep_fs, time_ps, friction_per_fs,
+                         log_interval, check_interval)
     if int(n_replicas) < 1:
         raise ValueError(f"run_batched_md: n_replicas must be >= 1, got {n_replicas}")
     n_replicas = int(n_replicas)
-    if not timestep_fs > 0 or not time_ps >= 0:
-        raise ValueError(f"run_batched_md: need timestep_fs > 0 and time_ps >= 0, got {timestep_fs}, {time_ps}")
-    if log_interval < 1 or (check_interval is not None and check_interval < 1):
-        raise ValueError("run_batched_md: log_interval and check_interval must be >= 1")
-    if ensemble == "nvt" and not friction_per_fs > 0:
-        raise ValueError(f"run_batched_md: NVT needs friction_per_fs > 0, got {friction_per_fs}")
     seeds = list(range(n_replicas)) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != n_replicas:
         raise ValueError(f"run_batched_md: {len(seeds)} seeds for {n_replicas} replicas")
     starts = _starting_structures(atoms, n_replicas)
-    check_interval = log_interval if check_interval is None else check_interval
     if checks is None:
         checks = [BondCollapseCheck(starts[0].positions, numbers=starts[0].numbers)]
-    checks = list(checks)
     if trajectories is not None and len(trajectories) != n_replicas:
         raise ValueError(f"run_batched_md: {len(trajectories)} trajectory paths for {n_replicas} replicas")
-    model = _private_model(model)
+    initial = temperature_K if initial_temperature_K is None else initial_temperature_K
+    momenta, thermostat_rngs = _initial_state(starts, seeds, initial, momenta, thermostat_rngs)
 
     started = time.perf_counter()
-    n_total = int(round(time_ps * 1000.0 / timestep_fs))
-    dt = timestep_fs * units.fs
-    numbers = starts[0].numbers.copy()
-    masses = starts[0].get_masses()
-    n_atoms = len(numbers)
+    replicas = _Replicas(starts, momenta, seeds, list(checks), protocol, keep_frames, trajectories, append)
+    forces_of = _as_force_fn(force_fn, starts, compile, head)
+    if ensemble == "nvt":
+        integrator = BatchedLangevin(starts[0].get_masses(), timestep_fs * units.fs, temperature_K,
+                                     friction_per_fs / units.fs, thermostat_rngs)
+    else:
+        integrator = BatchedVelocityVerlet(starts[0].get_masses(), timestep_fs * units.fs)
+    calls = 0
 
-    # per-replica initial velocities and thermostat generators, as run_md draws them
+    def masked_forces(r: Tensor) -> tuple[Tensor, Tensor]:
+        nonlocal calls
+        calls += 1
+        energy, forces = forces_of(r)
+        # frozen replicas feel nothing: with zero momenta and noise they stay parked
+        return (energy.to(torch.float64),
+                torch.where(replicas.active[:, None, None], forces.to(torch.float64), 0.0))
+
+    n_total = protocol.n_steps
+    bar = tqdm(total=n_total, disable=not progress, file=sys.stderr, unit="step", leave=False,
+               desc=f"batched MD {ensemble} {temperature_K:g} K x{n_replicas}")
+    try:
+        replicas.integrate(integrator, masked_forces, n_total, bar)
+    finally:
+        bar.close()
+        replicas.close()
+    seconds = time.perf_counter() - started
+    compiled = bool(getattr(forces_of, "compiled", False))
+    return [replicas.result(k, seconds, {"n_replicas": n_replicas, "model_calls": calls, "compiled": compiled,
+                                         "thermostat_rng": thermostat_rngs[k]})
+            for k in range(n_replicas)]
+
+
+def _as_force_fn(force_fn, starts: list[Atoms], compile: bool, head: str) -> ForceFn:
+    """``force_fn`` itself, or the force function a model makes for these replicas."""
+    make = getattr(force_fn, "batched_force_fn", None)
+    if make is not None:
+        positions = torch.as_tensor(np.stack([a.positions for a in starts]), dtype=torch.float64)
+        return make(starts[0].numbers, positions, compile=compile, head=head)
+    if not callable(force_fn):
+        raise TypeError(f"run_batched_md: force_fn must be a function of (B, N, 3) positions or a model with "
+                        f"batched_force_fn(), not {type(force_fn).__name__}")
+    return force_fn
+
+
+def _initial_state(starts: list[Atoms], seeds: list[int], temperature_K: float, momenta, thermostat_rngs):
+    """(B, N, 3) starting momenta and per-replica thermostat generators, drawn as :func:`run_md` draws
+    them from ``np.random.SeedSequence(seed)``, unless given (a continued run)."""
+    n_replicas = len(starts)
     drawn_momenta, drawn_rngs = [], []
-    initial = temperature_K if initial_temperature_K is None else initial_temperature_K
     for start, seed in zip(starts, seeds):
         velocity_seed, thermostat_seed = np.random.SeedSequence(seed).spawn(2)
         if momenta is None:
-            _initial_velocities(start, initial, np.random.default_rng(velocity_seed))
+            _initial_velocities(start, temperature_K, np.random.default_rng(velocity_seed))
             drawn_momenta.append(start.get_momenta())
         drawn_rngs.append(np.random.default_rng(thermostat_seed))
     if momenta is not None:
@@ -229,141 +252,112 @@ def run_batched_md(
         thermostat_rngs = drawn_rngs
     elif len(thermostat_rngs) != n_replicas:
         raise ValueError(f"run_batched_md: {len(thermostat_rngs)} thermostat generators for {n_replicas} replicas")
-    pos = torch.as_tensor(np.stack([a.positions for a in starts]), dtype=torch.float64)
-    mom = torch.as_tensor(momenta, dtype=torch.float64)
-    parked = pos.clone()  # where frozen replicas wait: finite, valid input for the shared call
+    return momenta, list(thermostat_rngs)
 
-    if ensemble == "nvt":
-        integrator = BatchedLangevin(masses, dt, temperature_K, friction_per_fs / units.fs, thermostat_rngs)
-    else:
-        integrator = BatchedVelocityVerlet(masses, dt)
 
-    evaluator = FastEvaluator(model, numbers, head=head, replicas=n_replicas, compile=compile)
-    if compile:
-        evaluator.check(pos.to(model.dtype))  # the correctness guard (falls back to eager)
-    active = torch.ones(n_replicas, dtype=torch.bool)
-    calls = 0
+class _Replicas:
+    """The state of B replicas (positions, momenta, which are still running and why the others stopped),
+    their logs and trajectory writers."""
 
-    def force_fn(r: Tensor) -> tuple[Tensor, Tensor]:
-        nonlocal calls
-        calls += 1
-        energy, _, forces = evaluator(r.to(model.dtype))
-        forces = forces.to(torch.float64)
-        # frozen replicas feel nothing: with zero momenta and noise they stay parked
-        return energy.to(torch.float64), torch.where(active[:, None, None], forces, 0.0)
+    def __init__(self, starts: list[Atoms], momenta: np.ndarray, seeds: list[int], checks: list[Check],
+                 protocol: _Protocol, keep_frames: bool, trajectories, append: bool):
+        n = len(starts)
+        self.numbers = starts[0].numbers.copy()
+        self.n_atoms = len(self.numbers)
+        self.seeds, self.checks, self.protocol = seeds, checks, protocol
+        self.pos = torch.as_tensor(np.stack([a.positions for a in starts]), dtype=torch.float64)
+        self.mom = torch.as_tensor(momenta, dtype=torch.float64)
+        self.parked = self.pos.clone()  # where frozen replicas wait: finite, valid input for the shared call
+        self.masses = torch.as_tensor(starts[0].get_masses()[:, None])
+        self.active = torch.ones(n, dtype=torch.bool)
+        self.status, self.message = ["finished"] * n, [""] * n
+        self.stop_step = [protocol.n_steps] * n
+        self.logs = [_Recorder(keep_frames) for _ in range(n)]
+        self.trajectories = trajectories
+        # a continued file already holds this chunk's first frame (the previous chunk's last)
+        self.continued = [append and Path(p).exists() for p in (trajectories or [])]
+        self.writers = [_trajectory_writer(p, c) for p, c in zip(trajectories or [], self.continued)]
 
-    logs = [_Log([], [], [], [], []) for _ in range(n_replicas)]
-    status = ["finished"] * n_replicas
-    message = [""] * n_replicas
-    stop_step = [n_total] * n_replicas
-    masses_t = integrator.masses  # (N, 1), float64
+    def integrate(self, integrator, force_fn: ForceFn, n_total: int, bar) -> None:
+        try:
+            energy, forces = force_fn(self.pos)
+        except Exception as exc:  # a model failure ends every replica, with its message
+            self.fail_all(0, exc)
+            return
+        self.observe(0, energy, forces)
+        for step in range(1, n_total + 1):
+            if not bool(self.active.any()):
+                break
+            try:
+                self.pos, self.mom, forces, energy = integrator.step(self.pos, self.mom, forces, force_fn,
+                                                                     self.active)
+            except Exception as exc:
+                self.fail_all(step - 1, exc)
+                break
+            bar.update(1)
+            self.observe(step, energy, forces)
 
-    # a continued file already holds this chunk's first frame (the previous chunk's last)
-    continued = [append and Path(p).exists() for p in (trajectories or [])]
-    writers = [_trajectory_writer(p, c) for p, c in zip(trajectories or [], continued)]
-
-    def log_frames(step: int, energy: Tensor, forces: Tensor) -> None:
-        ekin = 0.5 * (mom * (mom / masses_t)).sum((1, 2))  # ASE: ½ p·v
-        dof = 3 * n_atoms  # ASE's get_temperature without constraints
-        e_np, k_np, p_np = energy.numpy(), ekin.numpy(), pos.numpy()
-        for k in np.flatnonzero(active.numpy()):
-            rec = logs[k]
-            rec.steps.append(step)
-            rec.epot.append(float(e_np[k]))
-            rec.ekin.append(float(k_np[k]))
-            rec.temp.append(2 * float(k_np[k]) / (dof * units.kB))
-            if keep_frames:
-                rec.frames.append(p_np[k].copy())
-            if writers and not (continued[k] and step == 0):
-                frame = Atoms(numbers=numbers, positions=p_np[k], momenta=mom[k].numpy())
-                frame.calc = SinglePointCalculator(frame, energy=float(e_np[k]), forces=forces[k].numpy())
-                writers[k].write(frame)
-
-    def freeze(k: int, step: int, failure: CheckFailure) -> None:
-        active[k] = False
-        status[k], message[k], stop_step[k] = failure.status, failure.message, step
-        logger.info("run_batched_md: replica %d (seed %d) stopped at step %d: %s: %s",
-                    k, seeds[k], step, failure.status, failure.message)
-
-    def evaluate(step: int, energy: Tensor, forces: Tensor) -> None:
-        finite = (torch.isfinite(energy) & torch.isfinite(forces).all(-1).all(-1)
-                  & torch.isfinite(pos).all(-1).all(-1))
-        for k in np.flatnonzero((active & ~finite).numpy()):
-            what = "positions" if not bool(torch.isfinite(pos[k]).all()) else "energy or forces"
-            freeze(k, step, CheckFailure("nonfinite", f"non-finite {what}"))
-        if checks and step % check_interval == 0:
-            for k in np.flatnonzero(active.numpy()):
-                view = Atoms(numbers=numbers, positions=pos[k].numpy())
-                view.calc = SinglePointCalculator(view, energy=float(energy[k]), forces=forces[k].numpy())
-                for check in checks:
-                    failure = evaluate_check(check, view, float(energy[k]))
-                    if failure is not None:
-                        freeze(k, step, failure)
-                        break
-
-    def park() -> None:
-        frozen = ~active
+    def observe(self, step: int, energy: Tensor, forces: Tensor) -> None:
+        if step % self.protocol.log_interval == 0:
+            self.log(step, energy, forces)
+        self.evaluate(step, energy, forces)
+        frozen = ~self.active
         if bool(frozen.any()):
-            pos[frozen] = parked[frozen]
-            mom[frozen] = 0.0
+            self.pos[frozen] = self.parked[frozen]
+            self.mom[frozen] = 0.0
             forces[frozen] = 0.0
 
-    bar = tqdm(total=n_total, disable=not progress, file=sys.stderr, unit="step", leave=False,
-               desc=f"batched MD {ensemble} {temperature_K:g} K x{n_replicas}")
-    try:
-        try:
-            energy, forces = force_fn(pos)
-        except Exception as exc:  # a model failure ends every replica, with its message
-            _fail_all(active, status, message, stop_step, 0, exc)
-        else:
-            log_frames(0, energy, forces)
-            evaluate(0, energy, forces)
-            park()
-            for step in range(1, n_total + 1):
-                if not bool(active.any()):
+    def log(self, step: int, energy: Tensor, forces: Tensor) -> None:
+        ekin = 0.5 * (self.mom * (self.mom / self.masses)).sum((1, 2))  # ASE: ½ p·v
+        dof = 3 * self.n_atoms  # ASE's get_temperature without constraints
+        e_np, k_np, p_np = energy.numpy(), ekin.numpy(), self.pos.numpy()
+        for k in np.flatnonzero(self.active.numpy()):
+            self.logs[k].append(step, e_np[k], k_np[k], 2 * float(k_np[k]) / (dof * units.kB), p_np[k])
+            if self.writers and not (self.continued[k] and step == 0):
+                frame = Atoms(numbers=self.numbers, positions=p_np[k], momenta=self.mom[k].numpy())
+                frame.calc = SinglePointCalculator(frame, energy=float(e_np[k]), forces=forces[k].numpy())
+                self.writers[k].write(frame)
+
+    def evaluate(self, step: int, energy: Tensor, forces: Tensor) -> None:
+        pos = self.pos
+        finite = (torch.isfinite(energy) & torch.isfinite(forces).all(-1).all(-1)
+                  & torch.isfinite(pos).all(-1).all(-1))
+        for k in np.flatnonzero((self.active & ~finite).numpy()):
+            what = "positions" if not bool(torch.isfinite(pos[k]).all()) else "energy or forces"
+            self.freeze(k, step, CheckFailure("nonfinite", f"non-finite {what}"))
+        if not self.checks or step % self.protocol.every_check:
+            return
+        for k in np.flatnonzero(self.active.numpy()):
+            view = Atoms(numbers=self.numbers, positions=pos[k].numpy())
+            view.calc = SinglePointCalculator(view, energy=float(energy[k]), forces=forces[k].numpy())
+            for check in self.checks:
+                failure = evaluate_check(check, view, float(energy[k]))
+                if failure is not None:
+                    self.freeze(k, step, failure)
                     break
-                try:
-                    pos, mom, forces, energy = integrator.step(pos, mom, forces, force_fn, active)
-                except Exception as exc:
-                    _fail_all(active, status, message, stop_step, step - 1, exc)
-                    break
-                bar.update(1)
-                if step % log_interval == 0:
-                    log_frames(step, energy, forces)
-                evaluate(step, energy, forces)
-                park()
-    finally:
-        bar.close()
-        for writer in writers:
+
+    def freeze(self, k: int, step: int, failure: CheckFailure) -> None:
+        self.active[k] = False
+        self.status[k], self.message[k], self.stop_step[k] = failure.status, failure.message, step
+        logger.info("run_batched_md: replica %d (seed %d) stopped at step %d: %s: %s",
+                    k, self.seeds[k], step, failure.status, failure.message)
+
+    def fail_all(self, step: int, exc: Exception) -> None:
+        logger.warning("run_batched_md: model call failed at step %d: %s", step, exc)
+        for k in np.flatnonzero(self.active.numpy()):
+            self.status[k], self.message[k], self.stop_step[k] = "error", f"{type(exc).__name__}: {exc}", step
+        self.active[:] = False
+
+    def close(self) -> None:
+        for writer in self.writers:
             writer.close()
 
-    seconds = time.perf_counter() - started
-    results = []
-    for k in range(n_replicas):
-        rec = logs[k]
-        epot, ekin = np.asarray(rec.epot), np.asarray(rec.ekin)
-        results.append(MDResult(
-            status=status[k],
-            time_ps=stop_step[k] * timestep_fs / 1000.0,
-            steps=stop_step[k],
-            n_atoms=n_atoms,
-            trajectory=None if trajectories is None else str(trajectories[k]),
-            times_ps=np.asarray(rec.steps, dtype=np.float64) * timestep_fs / 1000.0,
-            energies={"potential": epot, "kinetic": ekin, "total": epot + ekin},
-            temperatures=np.asarray(rec.temp),
-            frames=np.stack(rec.frames) if keep_frames and rec.frames else None,
-            message=message[k],
-            seconds=seconds,
-            ensemble=ensemble,
-            temperature_K=float(temperature_K),
-            timestep_fs=float(timestep_fs),
-            seed=seeds[k],
-            log_interval=int(log_interval),
-            extra={"replica": k, "n_replicas": n_replicas, "model_calls": calls,
-                   "compiled": bool(evaluator.compiled), "final_positions": pos[k].numpy().copy(),
-                   "final_momenta": mom[k].numpy().copy(), "thermostat_rng": thermostat_rngs[k]},
-        ))
-    return results
+    def result(self, k: int, seconds: float, extra: dict) -> MDResult:
+        extra = {"replica": k, **extra, "final_positions": self.pos[k].numpy().copy(),
+                 "final_momenta": self.mom[k].numpy().copy()}
+        return self.logs[k].result(self.protocol, self.status[k], self.stop_step[k], self.n_atoms, self.seeds[k],
+                                   None if self.trajectories is None else str(self.trajectories[k]),
+                                   self.message[k], seconds, extra)
 
 
 def _trajectory_writer(path: str | Path, append: bool):
@@ -394,22 +388,3 @@ def _starting_structures(atoms: Atoms | Sequence[Atoms], n_replicas: int) -> lis
             # frozen replicas are parked at their start: it must be a valid model input
             raise ValueError("run_batched_md: starting positions contain NaN or infinite values")
     return starts
-
-
-def _private_model(model):
-    """A frozen private copy (the caller's model keeps its requires_grad flags), or a loaded path."""
-    if isinstance(model, (str, Path)):
-        from ttcalc.checkpoint import load_checkpoint
-
-        model = load_checkpoint(model)
-    else:
-        model = copy.deepcopy(model)
-    # weight gradients are never needed: without them the backward is only d/dr
-    return model.eval().requires_grad_(False)
-
-
-def _fail_all(active: Tensor, status: list, message: list, stop_step: list, step: int, exc: Exception) -> None:
-    logger.warning("run_batched_md: model call failed at step %d: %s", step, exc)
-    for k in np.flatnonzero(active.numpy()):
-        status[k], message[k], stop_step[k] = "error", f"{type(exc).__name__}: {exc}", step
-    active[:] = False

@@ -6,8 +6,8 @@ converge. A perfect MLIP needs zero extra steps. Reported: both step counts, eac
 its own minimum, the reference energy at the MLIP minimum, and the RMSD between the two minima after
 optimal superposition (Kabsch).
 
-Reference calculators: :func:`xtb_reference` (GFN2-xTB, cheap default) and :func:`pyscf_calculator`
-(PySCF DFT, optional extra ``pip install ttcalc[dft]``).
+Any ASE calculator can be the reference; ttcalc ships GFN2-xTB and PySCF DFT ones in
+:mod:`ttcalc.priors.references`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from ase import Atoms, units
-from ase.calculators.calculator import Calculator, all_changes
+from ase import Atoms
+from ase.calculators.calculator import Calculator
 from ase.optimize import BFGS, FIRE, LBFGS
 
 logger = logging.getLogger(__name__)
@@ -28,9 +28,6 @@ __all__ = [
     "relax",
     "relax_extra_steps",
     "kabsch_rmsd",
-    "xtb_reference",
-    "pyscf_calculator",
-    "PySCFCalculator",
 ]
 
 OPTIMIZERS = {"BFGS": BFGS, "FIRE": FIRE, "LBFGS": LBFGS}
@@ -158,62 +155,3 @@ def relax_extra_steps(
         reference_energy_at_mlip_minimum=float(start.get_potential_energy()),
         rmsd=kabsch_rmsd(mlip.atoms.positions, reference.atoms.positions),
     )
-
-
-def xtb_reference(method: str = "GFN2-xTB") -> Calculator:
-    """GFN2-xTB ASE calculator (xtb-python): the cheap default reference."""
-    try:
-        from xtb.ase.calculator import XTB
-    except ImportError as exc:
-        raise ImportError("xtb_reference needs xtb-python: `pip install xtb`") from exc
-    return XTB(method=method)
-
-
-class PySCFCalculator(Calculator):
-    """Kohn–Sham DFT with PySCF as an ASE calculator (energy in eV, forces in eV/Å).
-
-    Restricted KS for closed shells (``spin=0``, the number of unpaired electrons), unrestricted
-    otherwise. Raises ``RuntimeError`` if the SCF does not converge.
-    """
-
-    implemented_properties = ["energy", "free_energy", "forces"]
-
-    def __init__(self, xc: str = "PBE", basis: str = "def2-SVP", charge: int = 0, spin: int = 0,
-                 conv_tol: float = 1e-9, **kwargs):
-        super().__init__(**kwargs)
-        self.xc, self.basis, self.charge, self.spin, self.conv_tol = xc, basis, charge, spin, conv_tol
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        from pyscf import dft, gto
-
-        mol = gto.M(
-            atom=[(s, tuple(p)) for s, p in zip(self.atoms.get_chemical_symbols(), self.atoms.positions)],
-            basis=self.basis, unit="Angstrom", charge=self.charge, spin=self.spin, verbose=0,
-        )
-        mf = dft.RKS(mol) if self.spin == 0 else dft.UKS(mol)
-        mf.xc = self.xc
-        mf.conv_tol = self.conv_tol
-        energy = mf.kernel()
-        if not mf.converged:
-            raise RuntimeError(f"PySCF {self.xc}/{self.basis} SCF did not converge for {self.atoms.get_chemical_formula()}")
-        gradient = mf.nuc_grad_method().kernel()  # Hartree/Bohr
-        energy_ev = float(energy) * units.Hartree
-        self.results = {
-            "energy": energy_ev,
-            "free_energy": energy_ev,
-            "forces": -np.asarray(gradient) * units.Hartree / units.Bohr,
-        }
-
-
-def pyscf_calculator(xc: str = "PBE", basis: str = "def2-SVP", charge: int = 0, spin: int = 0) -> PySCFCalculator:
-    """A :class:`PySCFCalculator` (PBE/def2-SVP by default, the rMD17 level of theory).
-
-    Raises ``ImportError`` with the install hint if PySCF is missing.
-    """
-    try:
-        import pyscf  # noqa: F401
-    except ImportError as exc:
-        raise ImportError("pyscf_calculator needs PySCF, an optional extra: `pip install ttcalc[dft]` "
-                          "(or `pip install pyscf`)") from exc
-    return PySCFCalculator(xc=xc, basis=basis, charge=charge, spin=spin)

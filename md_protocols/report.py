@@ -21,6 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from md_protocols.files import atomic_write
+
 __all__ = ["write_results", "markdown_table", "to_jsonable", "write_json_atomic"]
 
 _MISSING = "–"
@@ -52,8 +54,6 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as JSON via a temporary file + ``os.replace`` (a crash never leaves half a file)."""
-    from ttcalc.files import atomic_write
-
     with atomic_write(path, "w") as fh:
         json.dump(to_jsonable(obj), fh, indent=1)
 

@@ -45,6 +45,7 @@ from ase.md.verlet import VelocityVerlet
 from tqdm.auto import tqdm
 
 from md_protocols.checks import Check, CheckFailure, FiniteCheck, evaluate_check
+from md_protocols.files import atomic_path
 from md_protocols.report import to_jsonable, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def saved_time_ps(trajectory: str | os.PathLike) -> float:
 
 
 class _Recorder:
-    """Per-frame arrays kept in memory and the trajectory/sidecar/log writers."""
+    """Per-frame arrays of one run kept in memory, and the :class:`MDResult` made from them."""
 
     def __init__(self, keep_frames: bool):
         self.keep_frames = keep_frames
@@ -125,12 +126,63 @@ class _Recorder:
         self.frames: list[np.ndarray] = []
 
     def add(self, step: int, atoms: Atoms, epot: float) -> None:
+        self.append(step, epot, atoms.get_kinetic_energy(), atoms.get_temperature(), atoms.positions)
+
+    def append(self, step: int, epot: float, ekin: float, temp: float, positions: np.ndarray) -> None:
         self.steps.append(step)
         self.epot.append(float(epot))
-        self.ekin.append(float(atoms.get_kinetic_energy()))
-        self.temp.append(float(atoms.get_temperature()))
+        self.ekin.append(float(ekin))
+        self.temp.append(float(temp))
         if self.keep_frames:
-            self.frames.append(atoms.positions.copy())
+            self.frames.append(np.array(positions, copy=True))
+
+    def result(self, protocol: "_Protocol", status: str, stop_step: int, n_atoms: int, seed: int,
+               trajectory: str | None, message: str, seconds: float, extra: dict | None = None) -> MDResult:
+        epot, ekin = np.asarray(self.epot), np.asarray(self.ekin)
+        return MDResult(
+            status=status, time_ps=stop_step * protocol.timestep_fs / 1000.0, steps=stop_step, n_atoms=n_atoms,
+            trajectory=trajectory,
+            times_ps=np.asarray(self.steps, dtype=np.float64) * protocol.timestep_fs / 1000.0,
+            energies={"potential": epot, "kinetic": ekin, "total": epot + ekin},
+            temperatures=np.asarray(self.temp),
+            frames=np.stack(self.frames) if self.keep_frames and self.frames else None,
+            message=message, seconds=seconds, ensemble=protocol.ensemble,
+            temperature_K=float(protocol.temperature_K), timestep_fs=float(protocol.timestep_fs),
+            seed=int(seed), log_interval=int(protocol.log_interval), extra=extra or {})
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    """The integration settings :func:`run_md` and :func:`~md_protocols.run_batched_md` share,
+    checked once, with the number of steps and the check interval they imply."""
+
+    caller: str
+    ensemble: str
+    temperature_K: float
+    timestep_fs: float
+    time_ps: float
+    friction_per_fs: float
+    log_interval: int
+    check_interval: int | None = None
+
+    def __post_init__(self):
+        who = self.caller
+        if self.ensemble not in ("nvt", "nve"):
+            raise ValueError(f"{who}: ensemble must be 'nvt' or 'nve', got {self.ensemble!r}")
+        if not self.timestep_fs > 0 or not self.time_ps >= 0:
+            raise ValueError(f"{who}: need timestep_fs > 0 and time_ps >= 0, got {self.timestep_fs}, {self.time_ps}")
+        if self.log_interval < 1 or (self.check_interval is not None and self.check_interval < 1):
+            raise ValueError(f"{who}: log_interval and check_interval must be >= 1")
+        if self.ensemble == "nvt" and not self.friction_per_fs > 0:
+            raise ValueError(f"{who}: NVT needs friction_per_fs > 0, got {self.friction_per_fs}")
+
+    @property
+    def n_steps(self) -> int:
+        return int(round(self.time_ps * 1000.0 / self.timestep_fs))
+
+    @property
+    def every_check(self) -> int:
+        return self.log_interval if self.check_interval is None else self.check_interval
 
 
 def _settings(ensemble, temperature_K, timestep_fs, friction_per_fs, seed, log_interval, atoms) -> dict:
@@ -177,8 +229,6 @@ def _load_resume(path: Path, atoms: Atoms, settings: dict, recorder: _Recorder) 
     if n_file > n_frames:
         # a crash between the frame and the sidecar write: drop the frame the sidecar does not know
         logger.warning("run_md: %s has %d frames, state has %d; truncating", path, n_file, n_frames)
-        from ttcalc.files import atomic_path
-
         with atomic_path(path) as tmp, TrajectoryWriter(tmp, "w") as writer:
             for frame in frames:
                 writer.write(frame)
@@ -219,21 +269,15 @@ def run_md(
     :mod:`md_protocols.checks`). A calculator exception stops it with status ``"error"`` and the
     message. See the module docstring for friction units, seeding, trajectory and resume.
     """
-    if ensemble not in ("nvt", "nve"):
-        raise ValueError(f"run_md: ensemble must be 'nvt' or 'nve', got {ensemble!r}")
+    protocol = _Protocol("run_md", ensemble, temperature_K, timestep_fs, time_ps, friction_per_fs, log_interval,
+                         check_interval)
     if calc is None:
         raise ValueError("run_md: a calculator is required")
-    if not timestep_fs > 0 or not time_ps >= 0:
-        raise ValueError(f"run_md: need timestep_fs > 0 and time_ps >= 0, got {timestep_fs}, {time_ps}")
-    if log_interval < 1 or (check_interval is not None and check_interval < 1):
-        raise ValueError("run_md: log_interval and check_interval must be >= 1")
-    if ensemble == "nvt" and not friction_per_fs > 0:
-        raise ValueError(f"run_md: NVT needs friction_per_fs > 0, got {friction_per_fs}")
     if resume and trajectory is None:
         raise ValueError("run_md: resume=True needs a trajectory path")
-    check_interval = log_interval if check_interval is None else check_interval
+    check_interval = protocol.every_check
     started = time.perf_counter()
-    n_total = int(round(time_ps * 1000.0 / timestep_fs))
+    n_total = protocol.n_steps
     dt = timestep_fs * units.fs
 
     atoms = atoms.copy()
@@ -356,23 +400,5 @@ def run_md(
     if failure is not None:
         logger.info("run_md stopped at step %d (%.4f ps): %s: %s", stop_step,
                     stop_step * timestep_fs / 1000, failure.status, failure.message)
-    epot = np.asarray(recorder.epot)
-    ekin = np.asarray(recorder.ekin)
-    return MDResult(
-        status=status,
-        time_ps=stop_step * timestep_fs / 1000.0,
-        steps=stop_step,
-        n_atoms=len(atoms),
-        trajectory=None if path is None else str(path),
-        times_ps=np.asarray(recorder.steps, dtype=np.float64) * timestep_fs / 1000.0,
-        energies={"potential": epot, "kinetic": ekin, "total": epot + ekin},
-        temperatures=np.asarray(recorder.temp),
-        frames=np.stack(recorder.frames) if keep_frames and recorder.frames else None,
-        message="" if failure is None else failure.message,
-        seconds=time.perf_counter() - started,
-        ensemble=ensemble,
-        temperature_K=float(temperature_K),
-        timestep_fs=float(timestep_fs),
-        seed=int(seed),
-        log_interval=int(log_interval),
-    )
+    return recorder.result(protocol, status, stop_step, len(atoms), seed, None if path is None else str(path),
+                           "" if failure is None else failure.message, time.perf_counter() - started)

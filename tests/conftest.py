@@ -42,8 +42,8 @@ def benzene_frames():
 def tiny_model_path(tmp_path_factory):
     """A 32-channel, 1-layer TensorNet trained for a few epochs on 80 rMD17 benzene frames
     (prior head on GFN2-xTB labels, then the main head on PBE labels), saved as a checkpoint."""
-    from ttcalc.model import ModelConfig
-    from ttcalc.representation import RepresentationConfig
+    from ttcalc.model.potential import ModelConfig
+    from ttcalc.model.representation import RepresentationConfig
     from ttcalc.train import DataConfig, StageConfig, TrainConfig, train_model
 
     cfg = TrainConfig(

@@ -13,12 +13,12 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
-from ttcalc import TTTCalculator
-from ttcalc.adaptation import TTTConfig, make_frames, rattled_frames
-from ttcalc.batch import collate
+from ttcalc import TTTCalculator, load_model
+from ttcalc.adapt import TTTConfig, make_frames, rattled_frames
+from ttcalc.model.batch import collate
 from ttcalc.data import label_with_prior, load_rmd17
-from ttcalc.model import snapshot
-from ttcalc.system import system_key
+from ttcalc.model.potential import snapshot
+from ttcalc.data.systems import system_key
 
 #: a short TTT for naphthalene (paper: prior MD at 500 K; here 16 frames, 30 SGD steps)
 NAPHTHALENE_TTT = dict(n_frames=16, max_steps=30, md_interval=5)
@@ -318,7 +318,7 @@ def test_radius_refinement_is_applied_once_and_conserves_energy(tiny_model_path,
 def test_offset_free_energy_loss_ignores_a_constant_energy_shift():
     import torch
 
-    from ttcalc.losses import LossWeights, energy_force_loss
+    from ttcalc.train.losses import LossWeights, energy_force_loss
 
     g = torch.Generator().manual_seed(0)
     pred = {"energy": torch.randn(6, generator=g), "forces": torch.randn(6 * 5, 3, generator=g)}
@@ -353,3 +353,24 @@ def test_ttt_can_update_all_of_the_representation(tiny_model_path, prior, naphth
         assert torch.equal(v, before[k]), k
     with pytest.raises(ValueError, match="unknown TTT parameters"):
         TTTConfig(parameters="heads")
+
+
+def test_adapt_and_finetune_are_functions_of_a_bare_model(tiny_model_path, prior, benzene):
+    """ttcalc.adapt works without a calculator: a model and a prior (TTT) or labelled frames
+    (fine-tuning) are enough, and the state they return restores the start weights exactly."""
+    from ttcalc.adapt import AdaptationState, adapt, finetune
+    from ttcalc.data import label_with_prior
+
+    model = load_model(tiny_model_path)
+    state = AdaptationState(model)
+    report = adapt(state, prior, benzene, {"frames": "rattle", "n_frames": 8, "max_steps": 10,
+                                           "stop_at_id_loss": False})
+    assert report.kind == "ttt" and report.steps > 0 and report.prior_loss_end < report.prior_loss_start
+    frames = label_with_prior(rattled_frames(benzene, 6, seed=1), prior)
+    tuned = finetune(state, frames, {"max_steps": 5})
+    assert tuned.ran == ["ttt", "finetune"]
+    state.restore()
+    for name, value in state.base.items():
+        assert torch.equal(dict(model.named_parameters())[name], value), name
+    assert adapt(load_model(tiny_model_path), prior, benzene, {"frames": "rattle", "n_frames": 4, "max_steps": 2,
+                                                                "stop_at_id_loss": False}).steps == 2

@@ -12,7 +12,7 @@ from md_protocols import BondCollapseCheck, bond_lengths, bonds_from_atoms, max_
 from md_protocols.batched import run_batched_md
 from ttcalc import TTTCalculator, load_model
 from ttcalc.data import load_rmd17
-from ttcalc.fast import FastEvaluator
+from ttcalc.model.compiled import FastEvaluator
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -225,3 +225,27 @@ def test_chunked_continuation_equals_one_long_run(model64, benzene, ensemble, tm
         run_batched_md(benzene, model64, 2, time_ps=0.001, trajectories=whole_traj[:1], **kw)
     with pytest.raises(ValueError, match="momenta must have shape"):
         run_batched_md(benzene, model64, 2, time_ps=0.001, momenta=np.zeros((1, 12, 3)), **kw)
+
+
+def test_a_plain_force_function_drives_the_replicas(benzene):
+    """run_batched_md needs no model: in a harmonic well about the start, F = -k (r - r0), energy
+    ½ k |r - r0|², velocity Verlet keeps E_pot + E_kin to second order in the time step (half the
+    step, a quarter of the energy fluctuation) without drift."""
+    r0 = torch.as_tensor(benzene.positions, dtype=torch.float64)
+    k = 5.0  # eV/Å²
+
+    def harmonic(r):
+        d = r - r0
+        return 0.5 * k * (d * d).sum((1, 2)), -k * d
+
+    spread = {}
+    for dt in (0.5, 0.25):
+        (res,) = run_batched_md(benzene, harmonic, 1, ensemble="nve", temperature_K=300, timestep_fs=dt,
+                                time_ps=0.5, log_interval=int(2.5 / dt), checks=(), progress=False)
+        assert res.status == "finished" and res.extra["compiled"] is False
+        total = res.energies["total"]
+        spread[dt] = np.ptp(total) / res.energies["kinetic"].mean()
+        assert abs(total[-1] - total[0]) <= np.ptp(total)
+    assert spread[0.5] < 1e-2 and 3.0 < spread[0.5] / spread[0.25] < 5.0
+    with pytest.raises(TypeError, match=r"function of \(B, N, 3\) positions"):
+        run_batched_md(benzene, object(), 1, time_ps=0.001, progress=False)

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from ttcalc.bench import BenchConfig, run_benchmark
+from ttcalc.app.benchmark import BenchConfig, run_benchmark
 
 
 def test_benchmark_runner_reports_every_variant(tiny_model_path, tmp_path):
@@ -35,7 +35,7 @@ def test_benchmark_runner_reports_every_variant(tiny_model_path, tmp_path):
 
 
 def test_markdown_marks_runs_that_stopped_short():
-    from ttcalc.bench import markdown
+    from ttcalc.app.benchmark import markdown
 
     stab = {"mean": 70.0, "std": 0.0, "n": 2, "n_stable_full": 0}
     res = {"molecules": {"naphthalene": {"variants": {

@@ -4,7 +4,7 @@ import pytest
 from ase.build import molecule
 from scipy.stats import gaussian_kde, wasserstein_distance
 
-from ttcalc.collapse import atom_classes, davies_bouldin, wasserstein_1
+from ttcalc.diagnostics.collapse import atom_classes, davies_bouldin, wasserstein_1
 from ttcalc.data.boom import boom_split, kde_density
 
 

@@ -182,8 +182,8 @@ def test_compiled_path_matches_eager_and_compiles_once_per_system(tiny_model_pat
 def test_stress_for_periodic_cells_matches_ase_numerical_stress(tmp_path):
     from ase.build import bulk
 
-    from ttcalc.model import ModelConfig, MultiHeadPotential
-    from ttcalc.representation import RepresentationConfig
+    from ttcalc.model.potential import ModelConfig, MultiHeadPotential
+    from ttcalc.model.representation import RepresentationConfig
 
     torch.manual_seed(0)
     model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=8, num_layers=1, num_rbf=8,

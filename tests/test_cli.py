@@ -6,7 +6,7 @@ import json
 import pytest
 from ase.io import write
 
-from ttcalc.cli import main
+from ttcalc.app.cli import main
 from ttcalc.data import load_rmd17
 
 

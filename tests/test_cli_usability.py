@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ttcalc.cli import build_parser
+from ttcalc.app.cli import build_parser
 
 
 def _parsers(p: argparse.ArgumentParser):
@@ -25,7 +25,7 @@ def test_cuda_on_a_cpu_only_torch_is_a_clear_value_error():
     import pytest
     import torch
 
-    from ttcalc.model import resolve_device
+    from ttcalc.model.potential import resolve_device
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")

@@ -111,7 +111,7 @@ def test_missing_data_error_names_every_place_and_the_download_command(tmp_path,
 
 
 def test_cli_data_list_runs(capsys):
-    from ttcalc.cli import main
+    from ttcalc.app.cli import main
 
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out

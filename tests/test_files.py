@@ -1,4 +1,4 @@
-"""Atomic writes (ttcalc.files): all or nothing, no stray temporary files, ordinary permissions."""
+"""Atomic writes (md_protocols.files): all or nothing, no stray temporary files, ordinary permissions."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from md_protocols.report import write_json_atomic
-from ttcalc.files import atomic_path, atomic_write
+from md_protocols.files import atomic_path, atomic_write
 
 
 def _mode(path) -> int:

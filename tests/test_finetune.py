@@ -5,9 +5,9 @@ import torch
 
 from ttcalc.data import label_with_prior
 from ttcalc.data.qm9 import displaced_molecules, load_qm9
-from ttcalc.heads import PropertyHeadConfig
-from ttcalc.model import ModelConfig, MultiHeadPotential
-from ttcalc.representation import RepresentationConfig
+from ttcalc.model.heads import PropertyHeadConfig
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential
+from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train import FinetuneConfig, PrefactorSchedule, StageConfig, finetune_property, property_task
 from ttcalc.train.finetune import build_model, finetune_tasks, install_property_statistics
 from ttcalc.train.regimes import install_head_statistics

@@ -9,7 +9,7 @@ from ase import Atoms
 
 from ttcalc import TTTCalculator
 from ttcalc.data import load_rmd17
-from ttcalc.model import snapshot
+from ttcalc.model.potential import snapshot
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,8 @@ def test_bad_fine_tuning_input_is_refused(tiny_model_path, frames):
 def test_cli_finetune_writes_a_checkpoint_that_loads(tiny_model_path, frames, tmp_path):
     from ase.io import write
 
-    from ttcalc.cli import main
-    from ttcalc.model import MultiHeadPotential
+    from ttcalc.app.cli import main
+    from ttcalc.model.potential import MultiHeadPotential
 
     write(tmp_path / "frames.extxyz", frames[:12])
     out = tmp_path / "adapted.pt"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ttcalc.batch import collate
-from ttcalc.losses import LossWeights, energy_force_loss
-from ttcalc.model import ModelConfig, MultiHeadPotential
-from ttcalc.representation import RepresentationConfig
+from ttcalc.model.batch import collate
+from ttcalc.train.losses import LossWeights, energy_force_loss
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential
+from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train.force_step import ForceStep
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ttcalc.model import ModelConfig, MultiHeadPotential
-from ttcalc.plots import plot_learning_curves
-from ttcalc.representation import RepresentationConfig
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential
+from ttcalc.app.plots import plot_learning_curves
+from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train import StageConfig, Targets, train_stage
 from ttcalc.train.trainer import evaluate_loss
-from ttcalc.losses import LossWeights
+from ttcalc.train.losses import LossWeights
 
 
 def test_validation_force_mae_is_the_mean_absolute_force_error(benzene_frames):
@@ -21,7 +21,7 @@ def test_validation_force_mae_is_the_mean_absolute_force_error(benzene_frames):
     model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=8, num_layers=1, num_rbf=8)))
     frames = benzene_frames[:10]
     out = evaluate_loss(model, frames, {"main": Targets.from_frames(frames)}, {"main": 1.0}, LossWeights(), batch_size=4)
-    from ttcalc.batch import collate
+    from ttcalc.model.batch import collate
 
     pred = model(collate(frames, model.cutoff))["main"]["forces"].detach().numpy()
     ref = np.concatenate([a.get_forces() for a in frames])

@@ -9,11 +9,11 @@ import torch
 from ase.build import bulk
 from scipy.spatial.transform import Rotation
 
-from ttcalc.batch import collate
-from ttcalc.checkpoint import CheckpointError, read_checkpoint
+from ttcalc.model.batch import collate
+from ttcalc.model.checkpoint import CheckpointError, read_checkpoint
 from ttcalc.data import load_rmd17
-from ttcalc.model import ModelConfig, MultiHeadPotential
-from ttcalc.representation import RepresentationConfig
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential
+from ttcalc.model.representation import RepresentationConfig
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import torch
 from ase import Atoms
 from ase.build import molecule
 
-from ttcalc.batch import collate
+from ttcalc.model.batch import collate
 from ttcalc.calculator import TTTCalculator
 from ttcalc.data import fit_element_constants
-from ttcalc.heads import PropertyHeadConfig
-from ttcalc.model import ModelConfig, MultiHeadPotential
-from ttcalc.representation import RepresentationConfig
+from ttcalc.model.heads import PropertyHeadConfig
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential
+from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train.finetune import install_property_statistics
 
 

@@ -19,7 +19,8 @@ from threadpoolctl import threadpool_limits
 from md_protocols import kabsch_rmsd, pes_along_hessian, relax, relax_extra_steps
 from md_protocols.pes import _rigid_basis, finite_difference_hessian, vibrational_modes
 from md_protocols.plots import plot_pes
-from md_protocols.relax import max_force, pyscf_calculator
+from md_protocols.relax import max_force
+from ttcalc.priors import pyscf_calculator
 from ttcalc.paths import dataset_path
 
 HAS_PYSCF = importlib.util.find_spec("pyscf") is not None

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttcalc.batch import collate
+from ttcalc.model.batch import collate
 from ttcalc.data import load_rmd17
-from ttcalc.graph import build_graph, edge_geometry
-from ttcalc.representation import Representation, RepresentationConfig, tensornet_features_dense
+from ttcalc.model.graph import build_graph, edge_geometry
+from ttcalc.model.representation import Representation, RepresentationConfig, tensornet_features_dense
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from ase import Atoms
 from ase.io import write
 
 from ttcalc import load_model
-from ttcalc.checkpoint import CheckpointError
+from ttcalc.model.checkpoint import CheckpointError
 from ttcalc.data import load_rmd17
-from ttcalc.shifts import (CONNECTIVITY, ELEMENTS, FORCE_NORM, SIZE, ShiftReport, diagnose,
+from ttcalc.diagnostics.shifts import (CONNECTIVITY, ELEMENTS, FORCE_NORM, SIZE, ShiftReport, diagnose,
                            format_table)
 
 
@@ -100,7 +100,7 @@ def test_json_round_trip_and_table(tiny_model_path, benzene, prior):
 
 
 def test_cli_diagnose_prints_the_table(tiny_model_path, benzene, tmp_path, capsys):
-    from ttcalc.cli import main
+    from ttcalc.app.cli import main
 
     path = tmp_path / "benzene.xyz"
     write(path, benzene)

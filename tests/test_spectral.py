@@ -9,7 +9,7 @@ from ase.build import bulk
 from scipy.spatial.transform import Rotation
 
 from ttcalc.data import load_rmd17
-from ttcalc.spectral import (
+from ttcalc.diagnostics.spectral import (
     distribution_distance,
     spectral_quantiles,
     TrainingSpectrum,

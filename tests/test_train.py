@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttcalc.model import ModelConfig, MultiHeadPotential
-from ttcalc.representation import RepresentationConfig
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential
+from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train import DataConfig, StageConfig, TrainConfig, Targets, load_config, train_model, train_stage
 
 
@@ -86,7 +86,7 @@ def test_size_bucketed_batches_cover_every_frame_once_without_mixing_sizes():
 
 
 def test_main_head_copied_from_prior_predicts_the_prior_forces(benzene_frames):
-    from ttcalc.batch import collate
+    from ttcalc.model.batch import collate
     from ttcalc.train.regimes import install_head_statistics
     from ttcalc.data import label_with_prior
     from ttcalc.priors import LJPrior

@@ -1,4 +1,4 @@
-"""``torchrun --nproc_per_node 2 -m ttcalc.cli train`` (gloo on CPU) makes the parameter update of
+"""``torchrun --nproc_per_node 2 -m ttcalc.app.cli train`` (gloo on CPU) makes the parameter update of
 one process on the same global batches: each rank takes a shard, gradients are summed with shard
 weights. float64, so the only difference is the order of floating-point sums."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from ttcalc.model import MultiHeadPotential
+from ttcalc.model.potential import MultiHeadPotential
 
 TOML = """regime = "supervised"
 output = "{out}"
@@ -36,7 +36,7 @@ def _train(tmp_path, name: str, nproc: int) -> MultiHeadPotential:
     cfg = tmp_path / f"{name}.toml"
     cfg.write_text(TOML.format(out=tmp_path / f"{name}.pt"))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd = (launcher if nproc > 1 else [sys.executable]) + ["-m", "ttcalc.cli", "train", "--quiet", "--threads", "1",
+    cmd = (launcher if nproc > 1 else [sys.executable]) + ["-m", "ttcalc", "train", "--quiet", "--threads", "1",
                                                            "--config", str(cfg)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -48,7 +48,7 @@ def _train(tmp_path, name: str, nproc: int) -> MultiHeadPotential:
 def test_two_gloo_processes_give_the_one_process_update(tmp_path):
     one = _train(tmp_path, "one", 1)
     two = _train(tmp_path, "two", 2)
-    from ttcalc.checkpoint import read_checkpoint
+    from ttcalc.model.checkpoint import read_checkpoint
 
     assert read_checkpoint(tmp_path / "two.pt")["metadata"]["report"]["world_size"] == 2  # really sharded
     assert read_checkpoint(tmp_path / "one.pt")["metadata"]["report"]["world_size"] == 1
@@ -58,8 +58,8 @@ def test_two_gloo_processes_give_the_one_process_update(tmp_path):
         moved += int(a.dtype.is_floating_point and a.numel() > 1)
     assert moved > 0
     # both runs trained: the weights are not the initial ones
-    from ttcalc.model import ModelConfig
-    from ttcalc.representation import RepresentationConfig
+    from ttcalc.model.potential import ModelConfig
+    from ttcalc.model.representation import RepresentationConfig
 
     torch.manual_seed(0)
     init = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=8, num_layers=1, num_rbf=8),

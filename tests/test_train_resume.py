@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from ttcalc.model import ModelConfig, MultiHeadPotential
-from ttcalc.representation import RepresentationConfig
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential
+from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train import StageConfig, Targets, train_stage
 from ttcalc.train.trainer import StopSignal, TrainingInterrupted, read_stage_state
 
@@ -88,7 +88,7 @@ compile = false
 
 def _cli(args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ttcalc.cli", "train", "--quiet", "--threads", "1", *args],
+    return subprocess.Popen([sys.executable, "-m", "ttcalc", "train", "--quiet", "--threads", "1", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -120,3 +120,29 @@ def test_cli_sigterm_then_resume_gives_the_uninterrupted_model(tmp_path):
     assert not (tmp_path / "run.pretrain.state.pt").exists()  # state files go once the model is saved
     rows = [r.split(",")[:2] for r in log.read_text().splitlines()[1:]]
     assert len(rows) == len(set(map(tuple, rows)))  # no epoch logged twice
+
+
+def test_release_gives_the_best_weights_so_far_and_keeps_the_run_resumable(benzene_frames, tmp_path):
+    torch.set_num_threads(1)
+    reference, _ = _run(benzene_frames)
+    state = tmp_path / "s.state.pt"
+    with pytest.raises(ValueError, match="nothing to release"):
+        train_stage(_model(), benzene_frames[:8], {"main": Targets.from_frames(benzene_frames[:8])},
+                    benzene_frames[8:12], {"main": Targets.from_frames(benzene_frames[8:12])}, ["main"], CFG,
+                    name="s", progress=False, state_path=state, release=True)
+    with pytest.raises(TrainingInterrupted):
+        _run(benzene_frames, state, stop=StopSignal(after_batches=7))  # into the 3rd epoch
+    before = state.read_bytes()
+    saved = read_stage_state(state)["monitor"]
+    released = _model()
+    train, val = benzene_frames[:40], benzene_frames[40:56]
+    result = train_stage(released, train, {"main": Targets.from_frames(train)}, val,
+                         {"main": Targets.from_frames(val)}, ["representation", "main"], CFG, name="s",
+                         progress=False, state_path=state, release=True)
+    params = dict(released.named_parameters())
+    assert all(torch.equal(params[n], t) for n, t in saved["best_state"].items())
+    assert result.best_val_loss == saved["best"] and "released" in result.stop_reason
+    assert state.read_bytes() == before  # untouched: the run goes on from where it stopped
+    resumed, _ = _run(benzene_frames, state, resume=True)
+    for (n, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ttcalc.uncertainty import QResidual, fit_q_residual, jackson_mudholkar_limit
+from ttcalc.diagnostics.uncertainty import QResidual, fit_q_residual, jackson_mudholkar_limit
 
 
 def _data(rng, n=4000, f=12, k=3, noise=0.05):

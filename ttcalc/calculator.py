@@ -1,11 +1,11 @@
-"""`TTTCalculator`: an ASE calculator around a :class:`~ttcalc.model.MultiHeadPotential`.
+"""`TTTCalculator`: an ASE calculator around a :class:`~ttcalc.model.potential.MultiHeadPotential`.
 
 ASE contract: one pass computes energy, free energy, forces, per-atom energies and (for 3-D periodic
 cells) stress; ``implemented_properties`` is set per instance; ``reset()`` is called whenever the
 weights or the cutoff change; parameters are JSON-serialisable; outputs are float64 NumPy.
 
-Adaptation before MD (test-time training, radius refinement) lives in :mod:`ttcalc.adaptation`
-and :mod:`ttcalc.spectral`; this module only decides *when* it runs (once per new system).
+Adaptation (test-time training, fine-tuning on labels, radius refinement) lives in
+:mod:`ttcalc.adapt`; this module only decides *when* it runs (once per new system).
 """
 from __future__ import annotations
 
@@ -21,11 +21,15 @@ from scipy.spatial.distance import pdist
 from ase import Atoms
 from ase.calculators.calculator import Calculator, InputError, PropertyNotImplementedError, all_changes
 
-from .batch import collate
-from .fast import FastEvaluator
-from .graph import DENSE_MAX_ATOMS
-from .model import MultiHeadPotential, resolve_device, resolve_dtype
-from .priors.base import Prior
+from ttcalc.adapt import (AdaptationReport, AdaptationState, FinetuneLabelsConfig, TTTConfig, adapt, finetune,
+                          refine_cutoff)
+from ttcalc.model.batch import collate
+from ttcalc.model.compiled import FastEvaluator
+from ttcalc.model.graph import DENSE_MAX_ATOMS
+from ttcalc.model.potential import MultiHeadPotential, load_model, resolve_device, resolve_dtype
+from ttcalc.model.pretrained import PRETRAINED, load_pretrained
+from ttcalc.priors import make_prior
+from ttcalc.priors.base import Prior
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +38,6 @@ TTTMode = Literal["off", "auto", "always"]
 
 def resolve_model(model, dtype, device) -> tuple[MultiHeadPotential, str]:
     """A model object and a JSON-able description from a path, pretrained name, model or None."""
-    from .pretrained import PRETRAINED, load_pretrained
-
     if model is None:
         model = "md17-abu"
     if isinstance(model, MultiHeadPotential):
@@ -44,9 +46,7 @@ def resolve_model(model, dtype, device) -> tuple[MultiHeadPotential, str]:
     if isinstance(model, (str, Path)):
         if str(model) in PRETRAINED:
             return load_pretrained(str(model), dtype=dtype, device=device), str(model)
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint(model, dtype=dtype, device=device), str(Path(model).resolve())
+        return load_model(model, dtype=dtype, device=device), str(Path(model).resolve())
     raise TypeError(f"model must be a checkpoint path, a pretrained name or a MultiHeadPotential, "
                     f"not {type(model).__name__}")
 
@@ -66,15 +66,15 @@ class TTTCalculator(Calculator):
     min_distance: interatomic distance (Å) below which a structure is rejected as overlapping.
     ttt: ``"off"``, ``"auto"`` (adapt once per new system on its first calculation) or ``"always"``
         (adapt again whenever the system changes, even to one seen before).
-    ttt_config: a :class:`~ttcalc.adaptation.TTTConfig` (or dict) for test-time training.
-    finetune_config: a :class:`~ttcalc.adaptation.FinetuneLabelsConfig` (or dict) for
+    ttt_config: a :class:`~ttcalc.adapt.TTTConfig` (or dict) for test-time training.
+    finetune_config: a :class:`~ttcalc.adapt.FinetuneLabelsConfig` (or dict) for
         :meth:`finetune` on labelled frames.
     radius_refinement: choose the cutoff per new system by spectral matching (paper sec. 4; the
-        Laplacian eigenvalue distributions are compared, see :mod:`ttcalc.spectral`).
+        Laplacian eigenvalue distributions are compared, see :mod:`ttcalc.diagnostics.spectral`).
     disagreement_every: evaluate the prior every k-th calculation to report the main-vs-prior
         force disagreement (0 disables it; 1 = every call).
 
-    A model with property heads (:class:`~ttcalc.heads.PropertyHead`) adds one property per head:
+    A model with property heads (:class:`~ttcalc.model.heads.PropertyHead`) adds one property per head:
     ``calc.get_property("gap", atoms)``; asking for any of them also fills ``results["properties"]``.
     """
 
@@ -84,9 +84,6 @@ class TTTCalculator(Calculator):
                  ttt: TTTMode = "off", ttt_config=None, radius_refinement: bool = False,
                  radii: Sequence[float] | None = None, disagreement_every: int = 1, finetune_config=None,
                  **kwargs):
-        from .adaptation import FinetuneLabelsConfig, TTTConfig
-        from .priors import make_prior
-
         if ttt not in ("off", "auto", "always"):
             raise ValueError(f"ttt must be 'off', 'auto' or 'always', not {ttt!r}")
         if unseen_elements not in ("warn", "raise"):
@@ -116,8 +113,6 @@ class TTTCalculator(Calculator):
         self._evaluators: dict[tuple, FastEvaluator] = {}
         self._system: str | None = None  # key of the system the current weights/cutoff are for
         self._calls = 0
-        from .adaptation import AdaptationState
-
         self.adaptation = AdaptationState(self.model)
         self.last_adaptation = None
         self.last_radius_scan: dict[float, float] | None = None
@@ -136,8 +131,8 @@ class TTTCalculator(Calculator):
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """ASE's check_state, with a fast path for the MD case (only positions moved).
 
-        ASE's version runs ``np.allclose`` on every array each call: ~0.12 ms, a few percent of a
-        compiled MD step. Exact equality gives the same answer for the positions-only case.
+        ASE's version runs ``np.allclose`` on every array on each call, a measurable part of a
+        compiled MD step; exact equality gives the same answer for the positions-only case.
         """
         old = self.atoms
         if old is not None and len(old) == len(atoms):
@@ -269,7 +264,7 @@ class TTTCalculator(Calculator):
 
         A new system is a change of the atomic numbers (in order) or of the periodicity since the
         last preparation; moving atoms is not, even when a bond stretches past the covalent-radius
-        criterion of :func:`~ttcalc.system.system_key` (C–H bonds cross it at 300–500 K), which would
+        criterion of :func:`~ttcalc.data.systems.system_key` (C–H bonds cross it at 300–500 K), which would
         otherwise re-adapt and change the potential in the middle of an MD run.
         """
         p = self.parameters
@@ -288,44 +283,32 @@ class TTTCalculator(Calculator):
 
     def refine_radius(self, atoms: Atoms, radii: Sequence[float] | None = None) -> float:
         """Choose and apply the cutoff whose Laplacian spectrum best matches training (sec. 4;
-        metric: :func:`ttcalc.spectral.refine_radius`)."""
-        from .spectral import TrainingSpectrum, refine_radius
-
-        if not self.model.stats.spectrum:
-            raise ValueError("this model's checkpoint stores no training spectrum; "
-                             "radius refinement is unavailable")
-        spectrum = TrainingSpectrum.from_dict(self.model.stats.spectrum)
-        radius, scan = refine_radius(atoms, spectrum,
-                                     radii=self.parameters.radii if radii is None else radii)
-        self.last_radius_scan = scan
-        if radius != self.model.cutoff:
-            log.info("radius refinement: cutoff %.3f -> %.3f Å", self.model.cutoff, radius)
-            self.set_cutoff(radius)
+        :func:`ttcalc.adapt.refine_cutoff`)."""
+        radius, self.last_radius_scan = refine_cutoff(self.model, atoms,
+                                                      self.parameters.radii if radii is None else radii)
+        self.reset()
         return radius
 
-    def adapt(self, atoms_or_frames, force: bool = False, **overrides):
-        """Test-time training on the prior loss (Kreiman & Krishnapriyan 2025, sec. 5)."""
-        from .adaptation import adapt
-
+    def adapt(self, atoms_or_frames, force: bool = False, **overrides) -> AdaptationReport:
+        """Test-time training on the prior loss (Kreiman & Krishnapriyan 2025, sec. 5;
+        :func:`ttcalc.adapt.adapt`), with ``ttt_config`` updated by ``overrides``."""
         if self.prior is None:
             raise ValueError("test-time training needs a prior")
-        report = adapt(self, atoms_or_frames, force=force, **overrides)
-        self.last_adaptation = report
-        self.reset()
-        return report
+        cfg = self.ttt_config.updated(**overrides) if overrides else self.ttt_config
+        return self._adapted(adapt(self.adaptation, self.prior, atoms_or_frames, cfg, force=force))
 
-    def finetune(self, frames, **overrides):
+    def finetune(self, frames, **overrides) -> AdaptationReport:
         """Fine-tune on labelled frames of one system (reference energies and forces in each
         frame's calculator): θM and, by default, θR on the main loss, with a held-out part for early
         stopping; combines with :meth:`adapt` in either order (the report's ``ran`` says what ran).
-        Settings: :class:`~ttcalc.adaptation.FinetuneLabelsConfig` (``finetune_config``) and
+        Settings: :class:`~ttcalc.adapt.FinetuneLabelsConfig` (``finetune_config``) and
         ``overrides``; :meth:`reset_adaptation` restores the shipped weights exactly."""
-        from .adaptation import finetune
-
         cfg = self.finetune_config.updated(**overrides) if overrides else self.finetune_config
-        report = finetune(self.adaptation, frames, cfg)
+        return self._adapted(finetune(self.adaptation, frames, cfg))
+
+    def _adapted(self, report: AdaptationReport) -> AdaptationReport:
         self.last_adaptation = report
-        self.reset()
+        self.reset()  # the weights changed
         return report
 
     def reset_adaptation(self) -> None:

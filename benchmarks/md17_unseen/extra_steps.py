@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 from md_protocols import relax, relax_extra_steps
-from md_protocols.relax import kabsch_rmsd, max_force, pyscf_calculator, xtb_reference
+from md_protocols.relax import kabsch_rmsd, max_force
+from ttcalc.priors import pyscf_calculator, xtb_reference
 from md_protocols.report import write_json_atomic
 from ttcalc import TTTCalculator
-from ttcalc.bench import load_prior
+from ttcalc.app.benchmark import load_prior
 from ttcalc.data import load_rmd17
 
 log = logging.getLogger("extra_steps")

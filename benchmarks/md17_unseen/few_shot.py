@@ -34,9 +34,9 @@ import torch
 
 from ttcalc import TTTCalculator, load_model
 from ttcalc.data import load_rmd17
-from ttcalc.evaluation import evaluate_calculator
-from ttcalc.files import atomic_write
-from ttcalc.model import ModelConfig, MultiHeadPotential
+from ttcalc.diagnostics.evaluation import evaluate_calculator
+from md_protocols.files import atomic_write
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential
 from ttcalc.priors import SGDMLPrior
 from ttcalc.train.regimes import install_head_statistics
 

@@ -25,9 +25,9 @@ import numpy as np
 
 from md_protocols.report import write_json_atomic
 from ttcalc import TTTCalculator, load_model
-from ttcalc.bench import build_prior
+from ttcalc.app.benchmark import build_prior
 from ttcalc.data import load_rmd17
-from ttcalc.evaluation import force_component_errors, predict_frames
+from ttcalc.diagnostics.evaluation import force_component_errors, predict_frames
 
 
 def force_mae(a: list[np.ndarray], b: list[np.ndarray]) -> float:

@@ -25,7 +25,7 @@ from md_protocols.simulate import saved_time_ps, state_path
 from md_protocols.batched import run_batched_md
 from md_protocols.report import write_json_atomic
 from ttcalc import load_model
-from ttcalc.bench import load_prior
+from ttcalc.app.benchmark import load_prior
 from ttcalc.data import load_rmd17, rmd17_arrays
 
 

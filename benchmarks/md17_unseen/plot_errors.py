@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ttcalc.plots import plot_error_bars
+from ttcalc.app.plots import plot_error_bars
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: figure -> [(bar label, results folder, variant)]

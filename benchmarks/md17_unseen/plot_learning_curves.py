@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ttcalc.plots import plot_learning_curves
+from ttcalc.app.plots import plot_learning_curves
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOGS = {"md17-abu-sgdml v4": RESULTS / "md17-abu-sgdml-v4.csv", "md17-abu v4 (xTB)": RESULTS / "md17-abu-xtb-v4.csv"}

@@ -23,10 +23,10 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from ttcalc import load_pretrained
-from ttcalc.batch import collate
+from ttcalc.model.batch import collate
 from ttcalc.data import load_rmd17
-from ttcalc.files import atomic_write
-from ttcalc.uncertainty import fit_q_residual
+from md_protocols.files import atomic_write
+from ttcalc.diagnostics.uncertainty import fit_q_residual
 
 HERE = Path(__file__).resolve().parent
 TRAINING, UNSEEN = ("aspirin", "benzene", "uracil"), ("naphthalene", "toluene")

@@ -1,11 +1,11 @@
-"""Add the size-independent spectral reference (``ttcalc.spectral``, metric "distribution") to trained
+"""Add the size-independent spectral reference (``ttcalc.diagnostics.spectral``, metric "distribution") to trained
 checkpoints that predate it, without touching their weights.
 
 The training frames are rebuilt from the ``train_config`` stored in each checkpoint, with the same
 subset and seed as at training time; the rebuilt eq. 5 mean spectrum must equal the stored one (so the
 frames are the same) before anything is written. The file is replaced atomically.
 
-    python benchmarks/md17_unseen/refresh_spectrum.py ttcalc/pretrained/md17-abu.pt ...
+    python benchmarks/md17_unseen/refresh_spectrum.py ttcalc/model/pretrained/md17-abu.pt ...
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import argparse
 
 import numpy as np
 
-from ttcalc.checkpoint import atomic_torch_save, read_checkpoint
-from ttcalc.spectral import build_training_spectrum
+from ttcalc.model.checkpoint import atomic_torch_save, read_checkpoint
+from ttcalc.diagnostics.spectral import build_training_spectrum
 from ttcalc.train import TrainConfig
 from ttcalc.train.regimes import load_training_frames
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from md_protocols.plots import plot_stability_bars
 from ttcalc import load_model
-from ttcalc.bench import BenchConfig, markdown, run_benchmark
+from ttcalc.app.benchmark import BenchConfig, markdown, run_benchmark
 from ttcalc.data import load_rmd17
-from ttcalc.evaluation import evaluate_frames
+from ttcalc.diagnostics.evaluation import evaluate_frames
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,7 +32,7 @@ def parse_overrides(items: list[str]) -> dict:
     """``["max_steps=500", "parameters=representation"]`` -> TTTConfig overrides, values typed by the field."""
     from dataclasses import fields
 
-    from ttcalc.adaptation import TTTConfig
+    from ttcalc.adapt import TTTConfig
 
     types = {f.name: type(getattr(TTTConfig(), f.name)) for f in fields(TTTConfig)}
     out = {}

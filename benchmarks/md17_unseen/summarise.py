@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from md_protocols.plots import plot_hr
-from ttcalc.bench import markdown
+from ttcalc.app.benchmark import markdown
 
 
 def merged_results(folder: Path) -> dict:

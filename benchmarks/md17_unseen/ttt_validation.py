@@ -10,7 +10,7 @@ and the setting with the lowest acac force MAE is the one to carry to the test m
     python benchmarks/md17_unseen/ttt_validation.py --model benchmarks/md17_unseen/results/md17-abu-sgdml.pt
 
 writes ``results/ttt_validation/acac.json`` and ``.md`` (``acac-xtb.*`` with ``--prior xtb``, for the
-label-free default model ``ttcalc/pretrained/md17-abu.pt``).
+label-free default model ``ttcalc/model/pretrained/md17-abu.pt``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 from md_protocols.report import write_json_atomic
 from ttcalc import TTTCalculator
 from ttcalc.data import read_frames
-from ttcalc.evaluation import evaluate_calculator
+from ttcalc.diagnostics.evaluation import evaluate_calculator
 from ttcalc.paths import dataset_path
 from ttcalc.priors import SGDMLPrior, XTBPrior
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from corpus import CorpusConfig, build_corpus
-from ttcalc.losses import LossWeights
-from ttcalc.model import ModelConfig, MultiHeadPotential, TrainingStats
-from ttcalc.representation import RepresentationConfig
+from ttcalc.train.losses import LossWeights
+from ttcalc.model.potential import ModelConfig, MultiHeadPotential, TrainingStats
+from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train import StageConfig, force_field_task, train_multitask
 from ttcalc.train.regimes import install_head_statistics
 

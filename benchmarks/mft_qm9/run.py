@@ -26,12 +26,12 @@ import numpy as np
 
 from corpus import CorpusConfig, qm9_xtb_frames
 from ttcalc import load_model
-from ttcalc.collapse import atom_classes, atomic_representations, davies_bouldin, tsne_2d, wasserstein_1
+from ttcalc.diagnostics.collapse import atom_classes, atomic_representations, davies_bouldin, tsne_2d, wasserstein_1
 from ttcalc.data.boom import boom_split
 from ttcalc.data.qm9 import QM9_PROPERTIES, load_qm9
-from ttcalc.evaluation import predict_properties
-from ttcalc.heads import PropertyHeadConfig
-from ttcalc.plots import plot_error_bars, plot_tsne_panels
+from ttcalc.diagnostics.evaluation import predict_properties
+from ttcalc.model.heads import PropertyHeadConfig
+from ttcalc.app.plots import plot_error_bars, plot_tsne_panels
 from ttcalc.train import FinetuneConfig, StageConfig, finetune_property
 from ttcalc.train.regimes import split_frames
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from ase import Atoms
 from tqdm import tqdm
 
 from ttcalc.data.frames import with_labels
-from ttcalc.files import atomic_write
+from md_protocols.files import atomic_write
 from ttcalc.paths import cache_dir
-from ttcalc.priors.base import Prior
+
+if TYPE_CHECKING:  # labels come from any prior; data sits below priors
+    from ttcalc.priors.base import Prior
 
 logger = logging.getLogger(__name__)
 

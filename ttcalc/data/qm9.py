@@ -3,7 +3,7 @@
 The npz is ragged (molecule i is rows ``offsets[i]:offsets[i+1]`` of ``Z``/``R``). Properties are
 converted to ASE units at this boundary: orbital energies and gaps from Hartree to eV, ⟨R²⟩ stays
 in bohr² and the dipole in Debye (their usual units; the heads convert, see
-:data:`ttcalc.heads.UNIT_FACTORS`).
+:data:`ttcalc.model.heads.UNIT_FACTORS`).
 """
 from __future__ import annotations
 

@@ -5,9 +5,11 @@
 - :class:`EMTPrior`, :class:`LJPrior`: classical potentials from ASE.
 - :class:`CalculatorPrior`: any ASE calculator.
 - :func:`make_prior`: build one from a name.
+- Reference calculators for relaxations and labels: :func:`xtb_reference`, :func:`pyscf_calculator`.
 """
 from ttcalc.priors.base import Prior, PriorCalculator, PriorError
 from ttcalc.priors.classical import EMTPrior, LJPrior
+from ttcalc.priors.references import PySCFCalculator, pyscf_calculator, xtb_reference
 from ttcalc.priors.registry import make_prior
 from ttcalc.priors.sgdml import SGDMLPrior
 from ttcalc.priors.wrapped import CalculatorPrior
@@ -23,4 +25,7 @@ __all__ = [
     "LJPrior",
     "CalculatorPrior",
     "make_prior",
+    "xtb_reference",
+    "pyscf_calculator",
+    "PySCFCalculator",
 ]

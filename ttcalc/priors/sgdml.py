@@ -34,7 +34,7 @@ from ttcalc.units import KCAL_MOL_TO_EV
 logger = logging.getLogger(__name__)
 
 #: kernel length scales tried by default (sgdml's CLI default is 10:10:90; a geometric grid covers
-#: the same range with 4 fits instead of 9, ~0.7 s each for 50 naphthalene frames)
+#: the same range with 4 fits instead of 9)
 DEFAULT_SIGMA_GRID: tuple[int, ...] = (10, 20, 40, 80)
 #: bump when the fitting procedure changes, so cached models are not reused
 _CACHE_FORMAT = "ttcalc-sgdml-1"

@@ -2,8 +2,8 @@
 
 xTB, tblite and sGDML spend their time in OpenMP/OpenBLAS code. For molecules of a few dozen atoms
 the parallel regions are far too small to pay off, and on a shared 2-core machine OpenMP's
-spin-waiting threads compete with other processes: a GFN2-xTB single point on naphthalene takes
-~0.3 s with two OpenMP threads on a busy machine and ~0.02 s with one. The limit is applied only
+spin-waiting threads compete with other processes, so a small GFN2-xTB single point is many times
+slower with two OpenMP threads on a busy machine than with one. The limit is applied only
 around the prior's own native calls (via ``threadpoolctl``) and restored afterwards, so torch and
 the rest of the process keep their thread settings.
 """
@@ -20,7 +20,7 @@ class NativeThreadLimit:
 
     The ``threadpoolctl`` controller is created on first use, i.e. after the backend's shared
     libraries have been imported (a controller only sees libraries loaded before it was built), and
-    then reused because building one scans all loaded libraries (~2 ms, a tenth of an xTB call).
+    then reused because building one scans all loaded libraries, a cost comparable to an xTB call.
     ``num_threads=None`` disables the limit.
     """
 

@@ -5,8 +5,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from ..model import ModelConfig
-from ..representation import RepresentationConfig
+import torch
+
+from ttcalc.model.potential import ModelConfig
+from ttcalc.model.representation import RepresentationConfig
 
 Regime = Literal["pretrain-freeze-finetune", "joint", "supervised"]
 
@@ -41,7 +43,33 @@ class PriorConfig:
 
 
 @dataclass
-class StageConfig:
+class OptimizerSettings:
+    """The optimizer and loss weights every fit shares: training stages, test-time training and
+    fine-tuning on labels (:func:`make_optimizer` builds the optimizer from them)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    grad_clip: float = 100.0
+    energy_weight: float = 1.0
+    force_weight: float = 10.0
+
+    def __post_init__(self):
+        # fail at configuration time, before any data or labels are paid for
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adam'")
+
+
+def make_optimizer(params: list, cfg: OptimizerSettings) -> torch.optim.Optimizer:
+    """Adam or SGD with momentum on ``params``, as ``cfg`` says."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class StageConfig(OptimizerSettings):
     """Optimisation settings of one training stage.
 
     ``ema_decay`` > 0 validates and saves an exponential moving average of the weights;
@@ -51,7 +79,6 @@ class StageConfig:
     state is saved every ``checkpoint_minutes`` when the stage has a state file.
     """
 
-    lr: float = 1e-3
     batch_size: int = 16
     max_epochs: int = 100
     max_minutes: float = 60.0
@@ -59,10 +86,6 @@ class StageConfig:
     lr_factor: float = 0.5
     lr_patience: int = 3
     min_lr: float = 1e-6
-    energy_weight: float = 1.0
-    force_weight: float = 10.0
-    weight_decay: float = 0.0
-    grad_clip: float = 100.0
     ema_decay: float = 0.0
     epoch_frames: int = 0
     drop_last: bool = False

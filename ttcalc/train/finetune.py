@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..data.references import element_constant_design, fit_element_constants
-from ..heads import PropertyHeadConfig
-from ..losses import LossWeights
-from ..model import MultiHeadPotential
-from .config import StageConfig
-from .multitask import PrefactorSchedule, force_field_task, property_task, train_multitask
-from .trainer import StageResult
+from ttcalc.data.references import element_constant_design, fit_element_constants
+from ttcalc.model.heads import PropertyHeadConfig
+from ttcalc.train.losses import LossWeights
+from ttcalc.model.potential import MultiHeadPotential
+from ttcalc.train.config import StageConfig
+from ttcalc.train.multitask import PrefactorSchedule, force_field_task, property_task, train_multitask
+from ttcalc.train.trainer import StageResult
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..fast import quiet_inductor
-from ..model import MultiHeadPotential
-from ..representation import tensornet_features_dense
+from ttcalc.model.batch import Batch
+from ttcalc.model.compiled import quiet_inductor
+from ttcalc.model.potential import MultiHeadPotential
+from ttcalc.model.representation import tensornet_features_dense
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..batch import collate
-from ..losses import LossWeights, energy_force_loss
-from ..model import MultiHeadPotential
-from .config import StageConfig
-from .trainer import (StageMonitor, StageResult, Targets, _label_tensors, make_optimiser, optimiser_step,
+from ttcalc.model.batch import collate
+from ttcalc.train.losses import LossWeights, energy_force_loss
+from ttcalc.model.potential import MultiHeadPotential
+from ttcalc.train.config import StageConfig
+from ttcalc.train.trainer import (StageMonitor, StageResult, Targets, _label_tensors, make_stage_optimizer, optimizer_step,
                       size_bucketed_batches)
 
 
@@ -86,7 +86,7 @@ class Task:
 def force_field_task(name: str, frames: Sequence[Atoms], head: str,
                      weights: LossWeights | PrefactorSchedule = LossWeights(), weight: float = 1.0,
                      batch_size: int = 16) -> Task:
-    """Energy + force loss (:func:`ttcalc.losses.energy_force_loss`) of one energy head on labelled
+    """Energy + force loss (:func:`ttcalc.train.losses.energy_force_loss`) of one energy head on labelled
     frames; ``weights`` may follow a :class:`PrefactorSchedule`."""
     targets = Targets.from_frames(frames)
 
@@ -135,7 +135,7 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
     """
     if not tasks:
         raise ValueError("train_multitask needs at least one task")
-    params, opt, sched = make_optimiser(model, groups, cfg, name)
+    params, opt, sched = make_stage_optimizer(model, groups, cfg, name)
     rng = np.random.default_rng(seed)
     streams = [t.cycle(rng) for t in tasks[1:]]
 
@@ -155,7 +155,7 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
                 loss = tasks[0].weight * tasks[0].loss(model, idx, lr_ratio)
                 for task, stream in zip(tasks[1:], streams):
                     loss = loss + task.weight * task.loss(model, next(stream), lr_ratio)
-                optimiser_step(loss, opt, params, cfg.grad_clip, name, epoch)
+                optimizer_step(loss, opt, params, cfg.grad_clip, name, epoch)
                 running += float(loss.detach())
             val = evaluate()
             sched.step(val["total"])

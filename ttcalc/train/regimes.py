@@ -17,12 +17,12 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
-from ..data import fit_element_references, label_with_prior, load_rmd17, read_frames, split_frames
-from ..model import MultiHeadPotential, TrainingStats, force_norm_summary, resolve_device
-from ..priors import Prior, SGDMLPrior, make_prior
-from .config import TrainConfig
-from .trainer import StopSignal, Targets, evaluate_loss, train_stage, world
-from ..losses import LossWeights
+from ttcalc.data import fit_element_references, label_with_prior, load_rmd17, read_frames, split_frames
+from ttcalc.model.potential import MultiHeadPotential, TrainingStats, force_norm_summary, resolve_device
+from ttcalc.priors import Prior, SGDMLPrior, make_prior
+from ttcalc.train.config import TrainConfig
+from ttcalc.train.trainer import StopSignal, Targets, evaluate_loss, train_stage, world
+from ttcalc.train.losses import LossWeights
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def install_head_statistics(model: MultiHeadPotential, head: str, frames: Sequen
 
 def load_pretrained_weights(model: MultiHeadPotential, path: str | Path, prefixes: Sequence[str]) -> None:
     """Copy the parameters and buffers whose names start with ``prefixes`` from a checkpoint."""
-    from ..checkpoint import read_checkpoint
+    from ttcalc.model.checkpoint import read_checkpoint
 
     state = read_checkpoint(path)["state_dict"]
     own = model.state_dict()
@@ -121,7 +121,7 @@ def load_pretrained_weights(model: MultiHeadPotential, path: str | Path, prefixe
 
 def training_stats(cfg: TrainConfig, model: MultiHeadPotential, ds: Dataset) -> TrainingStats:
     """Statistics of the training set that TTT, RR and the shift diagnostics compare against."""
-    from ..spectral import build_training_spectrum
+    from ttcalc.diagnostics.spectral import build_training_spectrum
 
     prior_frames = ds.train_prior or ds.train
     norms = np.concatenate([np.linalg.norm(a.get_forces(), axis=1) for a in prior_frames])
@@ -152,7 +152,7 @@ def stage_state_path(output: str | Path, stage: str) -> Path:
 
 
 def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | None = None,
-                resume: bool = False, stop: StopSignal | None = None):
+                resume: bool = False, stop: StopSignal | None = None, release: bool = False):
     """Run the configured regime; returns the trained model and a JSON-able report.
 
     The best model is written to ``cfg.output`` (atomically), with ``cfg`` in its metadata so
@@ -160,7 +160,9 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
     state in :func:`stage_state_path`; ``resume=True`` skips finished stages and continues a
     stopped one exactly (see :func:`~ttcalc.train.trainer.train_stage`; ``stop`` replaces its
     SIGTERM/SIGINT handling, e.g. to stop after some batches). Without it, old state
-    files of the same output are removed and training starts over.
+    files of the same output are removed and training starts over. ``release=True`` writes
+    ``cfg.output`` from the best weights the stages have reached so far, with the training
+    statistics, and keeps every state file so that training can continue with ``resume``.
     """
     import torch
 
@@ -194,12 +196,13 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
     # every improvement is saved (atomically) as it happens, so a crash loses at most one epoch
     stage_names = {"pretrain-freeze-finetune": ("pretrain", "finetune"), "joint": ("joint",),
                    "supervised": ("supervised",)}[cfg.regime]
+    resume = resume or release
     if not resume and world()[0] == 0:
         for s in stage_names:
             stage_state_path(out_path, s).unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
     common = dict(log_path=log_path, checkpoint_path=out_path.with_suffix(".partial.pt"), seed=cfg.seed,
-                  progress=progress, resume=resume, stop=stop)
+                  progress=progress, resume=resume, stop=stop, release=release)
     at = {s: {"state_path": stage_state_path(out_path, s)} for s in stage_names}
     if cfg.regime == "pretrain-freeze-finetune":
         prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
@@ -241,9 +244,10 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
         "world_size": world()[1],
     }
     if world()[0] == 0:  # under torchrun every rank holds the same weights; one writes them
-        model.save(out_path, metadata={"train_config": cfg.to_dict(), "report": report})
-        out_path.with_suffix(".partial.pt").unlink(missing_ok=True)
-        for s in stage_names:
-            stage_state_path(out_path, s).unlink(missing_ok=True)
+        model.save(out_path, metadata={"train_config": cfg.to_dict(), "report": report, "released": release})
+        if not release:
+            out_path.with_suffix(".partial.pt").unlink(missing_ok=True)
+            for s in stage_names:
+                stage_state_path(out_path, s).unlink(missing_ok=True)
     log.info("saved %s (%.1f s)", out_path, timings["total_s"])
     return model, report

@@ -1,6 +1,6 @@
 """One optimisation stage: Adam, plateau LR schedule, early stopping, best checkpoint, CSV log.
 
-A stage trains some parameter groups of a :class:`~ttcalc.model.MultiHeadPotential` on targets
+A stage trains some parameter groups of a :class:`~ttcalc.model.potential.MultiHeadPotential` on targets
 for some heads. Targets of different heads share geometries (the same frames labelled by DFT and
 by the prior), so one forward pass serves every head.
 
@@ -27,14 +27,14 @@ import torch
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from ..batch import Batch, collate
-from ..losses import LossWeights, energy_force_loss
-from ..checkpoint import atomic_torch_save
-from ..files import atomic_write
-from ..model import MultiHeadPotential, restore, snapshot
-from .config import StageConfig
-from ..fast import quiet_inductor
-from .force_step import ForceStep
+from ttcalc.model.batch import Batch, collate
+from ttcalc.train.losses import LossWeights, energy_force_loss
+from ttcalc.model.checkpoint import atomic_torch_save
+from md_protocols.files import atomic_write
+from ttcalc.model.potential import MultiHeadPotential, restore, snapshot
+from ttcalc.train.config import StageConfig, make_optimizer
+from ttcalc.model.compiled import quiet_inductor
+from ttcalc.train.force_step import ForceStep
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +132,19 @@ def _label_tensors(t: Targets, idx: Sequence[int], batch: Batch) -> tuple[torch.
     return e, f
 
 
-def make_optimiser(model: MultiHeadPotential, groups: Sequence[str], cfg: StageConfig, name: str):
-    """Make exactly ``groups`` trainable; Adam on them and the plateau schedule of ``cfg``."""
+def make_stage_optimizer(model: MultiHeadPotential, groups: Sequence[str], cfg: StageConfig, name: str):
+    """Make exactly ``groups`` trainable; the optimizer of ``cfg`` on them and its plateau schedule."""
     model.set_trainable(*groups)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{name}: no trainable parameters in groups {groups}")
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience,
                                                        min_lr=cfg.min_lr)
     return params, opt, sched
 
 
-def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, grad_clip: float,
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, grad_clip: float,
                    name: str, epoch: int, world: int = 1, share: float | None = None) -> None:
     """Backward, (data-parallel gradient average), global-norm clipping and one optimiser step."""
     if not torch.isfinite(loss):
@@ -380,6 +380,20 @@ def _load_stage_state(saved: dict, model, opt, sched, ema, rng) -> _EpochPositio
     return _EpochPosition(**saved["position"])
 
 
+def _released(model: MultiHeadPotential, saved: dict | None, name: str, state_path) -> StageResult:
+    """The best weights of an unfinished stage (validated, EMA where the stage keeps one)."""
+    if saved is None or saved.get("monitor") is None:
+        raise ValueError(f"{name}: nothing to release: no saved training state at {state_path}")
+    monitor = saved["monitor"]
+    restore(model, monitor["best_state"])
+    model.requires_grad_(False)
+    log.info("%s: released the best weights of epoch <= %d (val loss %.6g); the state stays for --resume",
+             name, monitor["epoch"], monitor["best"])
+    return StageResult(best_val_loss=float(monitor["best"]), epochs=int(monitor["epoch"]),
+                       seconds=float(monitor["elapsed"]), stop_reason=f"released at epoch {monitor['epoch']}",
+                       history=list(monitor["history"]))
+
+
 def read_stage_state(path: str | Path) -> dict:
     """A stage state written by :func:`train_stage` (our own file: full unpickling is safe)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -412,7 +426,7 @@ def _train_batch(whole: np.ndarray, frames: Sequence[Atoms], targets: dict[str, 
     batch = collate([frames[i] for i in idx], model.cutoff, model.dtype, model.device)
     opt.zero_grad(set_to_none=True)
     loss = _batch_loss(step, batch, idx, targets, head_weights, weights)
-    optimiser_step(loss, opt, params, cfg.grad_clip, name, epoch, world_size, len(idx) / len(whole))
+    optimizer_step(loss, opt, params, cfg.grad_clip, name, epoch, world_size, len(idx) / len(whole))
     if ema is not None:
         ema.update()
     return float(loss.detach())
@@ -423,7 +437,7 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
                 cfg: StageConfig, head_weights: dict[str, float] | None = None, name: str = "stage",
                 log_path: str | Path | None = None, checkpoint_path: str | Path | None = None,
                 seed: int = 0, progress: bool = True, state_path: str | Path | None = None,
-                resume: bool = False, stop: StopSignal | None = None) -> StageResult:
+                resume: bool = False, stop: StopSignal | None = None, release: bool = False) -> StageResult:
     """Train parameter ``groups`` on the heads in ``train_targets``; keep the best validation
     weights (restored into ``model`` at the end) and save them to ``checkpoint_path``.
 
@@ -431,19 +445,22 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     epoch and batch position, best weights and patience) is written there atomically every
     ``cfg.checkpoint_minutes``, on SIGTERM/SIGINT (then :class:`TrainingInterrupted` is raised)
     and at the end; ``resume=True`` continues from it, and the continuation takes the same batches
-    in the same order as an uninterrupted run.
+    in the same order as an uninterrupted run. ``release=True`` trains nothing: it puts the best
+    weights a saved, unfinished stage has reached into ``model`` and leaves the state as it is.
     """
     rank, _ = world()
     head_weights = head_weights or {h: 1.0 for h in train_targets}
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
     state_path = Path(state_path) if state_path is not None else None
-    saved = read_stage_state(state_path) if resume and state_path and state_path.exists() else None
+    saved = read_stage_state(state_path) if (resume or release) and state_path and state_path.exists() else None
     if saved is not None and saved["done"]:
         model.load_state_dict(saved["model"])
         model.requires_grad_(False)
         log.info("%s: already finished in %s", name, state_path)
         return StageResult(**saved["result"])
-    params, opt, sched = make_optimiser(model, groups, cfg, name)
+    if release:
+        return _released(model, saved, name, state_path)
+    params, opt, sched = make_stage_optimizer(model, groups, cfg, name)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     ema = ParameterEMA(trainable, cfg.ema_decay) if cfg.ema_decay else None
     averaged = ema.applied if ema is not None else nullcontext

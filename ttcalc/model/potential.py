@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .batch import Batch
-from .graph import build_graph, edge_geometry
-from .heads import EnergyHead, PropertyHead, PropertyHeadConfig, segment_sum
-from .representation import Representation, RepresentationConfig, tensornet_features_dense
+from ttcalc.model.batch import Batch
+from ttcalc.model.compiled import BatchedForces
+from ttcalc.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from ttcalc.model.graph import build_graph, edge_geometry
+from ttcalc.model.heads import EnergyHead, PropertyHead, PropertyHeadConfig, segment_sum
+from ttcalc.model.representation import Representation, RepresentationConfig, tensornet_features_dense
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class ModelConfig:
     #: parameter-name prefixes (relative to the model) that test-time training may update;
     #: empty means the representation's embedding and first interaction layer
     adaptable: tuple[str, ...] = ()
-    #: downstream property heads (:class:`~ttcalc.heads.PropertyHeadConfig`), e.g. a HOMO-LUMO gap
+    #: downstream property heads (:class:`~ttcalc.model.heads.PropertyHeadConfig`), e.g. a HOMO-LUMO gap
     properties: tuple[PropertyHeadConfig, ...] = ()
 
     def to_dict(self) -> dict:
@@ -87,7 +89,7 @@ class TrainingStats:
     """What the training set looked like: the reference for shift diagnostics, RR and TTT.
 
     ``prior_force_norm`` summarises per-atom |F| of the prior labels (mean, std, quantiles);
-    ``spectrum`` is a :class:`ttcalc.spectral.TrainingSpectrum` as a dict; ``prior_loss`` is the
+    ``spectrum`` is a :class:`ttcalc.diagnostics.spectral.TrainingSpectrum` as a dict; ``prior_loss`` is the
     in-distribution prior loss that test-time training must not undercut (it would overfit).
     """
 
@@ -291,19 +293,21 @@ class MultiHeadPotential(nn.Module):
                 out[h] = res
         return out
 
+    def batched_force_fn(self, numbers: np.ndarray, positions: Tensor, compile: bool = True,
+                         head: str = "main"):
+        """The force function of B replicas of one molecule for :func:`md_protocols.run_batched_md`
+        (the compiled dense kernel, :class:`~ttcalc.model.compiled.BatchedForces`)."""
+        return BatchedForces(self, numbers, positions, head=head, compile=compile)
+
     # --- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path, metadata: dict | None = None) -> Path:
-        """Write one checkpoint file (atomic); see :mod:`ttcalc.checkpoint`."""
-        from .checkpoint import save_checkpoint
-
+        """Write one checkpoint file (atomic); see :mod:`ttcalc.model.checkpoint`."""
         return save_checkpoint(self, path, metadata)
 
     @classmethod
     def load(cls, path: str | Path, dtype: str | torch.dtype | None = None,
              device: str | torch.device = "cpu") -> "MultiHeadPotential":
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint(path, dtype=dtype, device=device)
+        return load_model(path, dtype=dtype, device=device)
 
 
 def _dense_graph_of(batch: Batch):
@@ -328,3 +332,33 @@ def restore(model: nn.Module, saved: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for n, t in saved.items():
             params[n].copy_(t)
+
+
+def model_from_checkpoint(ckpt: dict, dtype=None, device="cpu", source: str = "checkpoint") -> MultiHeadPotential:
+    """The model a validated checkpoint dict (:func:`~ttcalc.model.checkpoint.read_checkpoint`) describes."""
+    try:
+        config = ModelConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: incompatible model config: {exc}") from exc
+    stats = TrainingStats.from_dict(ckpt["stats"])
+    model = MultiHeadPotential(config, stats=stats, dtype=ckpt["dtype"])
+    try:
+        result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{source}: weights do not match the config: {exc}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source}: weights do not match the config (missing: {result.missing_keys[:5]}, "
+            f"unexpected: {result.unexpected_keys[:5]})"
+        )
+    model.metadata = dict(ckpt.get("metadata", {}))
+    if "cutoff" in ckpt and float(ckpt["cutoff"]) != model.cutoff:
+        model.set_cutoff(float(ckpt["cutoff"]))  # saved after radius refinement
+    if dtype is not None:
+        model.to(resolve_dtype(dtype))
+    return model.to(device).eval()
+
+
+def load_model(path: str | Path, dtype=None, device="cpu") -> MultiHeadPotential:
+    """Build a :class:`MultiHeadPotential` from a checkpoint file (``ttcalc.load_model``)."""
+    return model_from_checkpoint(read_checkpoint(path), dtype=dtype, device=device, source=str(path))

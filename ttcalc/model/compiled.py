@@ -2,8 +2,8 @@
 
 For a fixed molecule (atomic numbers and atom count) the dense TensorNet kernel has static shapes,
 so ``torch.compile`` (inductor, C++ on CPU) fuses it once and every MD step reuses it. Measured on
-2 CPU cores (``benchmarks/md_speed.py``), this is several times faster than torchmd-net's eager
-forward+backward. What it relies on and how it stays correct:
+``benchmarks/md_speed.py``, it is several times faster than torchmd-net's eager forward+backward.
+What it relies on and how it stays correct:
 
 * weights are read at call time (parameters are graph inputs, not constants), so test-time training
   never leaves stale compiled weights;
@@ -14,6 +14,7 @@ forward+backward. What it relies on and how it stays correct:
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 import types
@@ -21,9 +22,12 @@ import warnings
 
 import numpy as np
 import torch
+from ase import Atoms
 from torch import Tensor
 
-from .representation import tensornet_features_dense
+from ttcalc.model.batch import collate
+
+from ttcalc.model.representation import tensornet_features_dense
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +46,8 @@ class FastEvaluator:
 
     ``compile=False`` runs the same dense kernel eagerly (still faster than the sparse path).
     ``cpp_wrapper=True`` (default) compiles with inductor's C++ wrapper: the compiled graph launches
-    its kernels from C++ instead of Python, which saves a fixed part of every call (8-21 % of a
-    naphthalene call on one core, ``benchmarks/md_speed.py``) at no cost once inductor's cache is
-    warm. Results are unchanged; ``cpp_wrapper=False`` gives the Python wrapper.
+    its kernels from C++ instead of Python, which saves a fixed part of every call (measured in
+    ``benchmarks/md_speed.py``). Results are unchanged; ``cpp_wrapper=False`` gives the Python wrapper.
     """
 
     def __init__(self, model, numbers: np.ndarray, head: str = "main", replicas: int = 1,
@@ -108,9 +111,6 @@ class FastEvaluator:
 
     def check(self, positions: Tensor) -> float:
         """Relative force error of this path against the eager model; falls back on failure."""
-        from .batch import collate
-        from ase import Atoms
-
         frames = [Atoms(numbers=self.numbers, positions=p) for p in positions.detach().cpu().double().numpy()]
         batch = collate(frames, self.model.cutoff, dtype=self.model.dtype, device=self.model.device)
         ref = {k: v.detach() for k, v in self.model(batch, heads=(self.head,))[self.head].items()}
@@ -128,3 +128,24 @@ class FastEvaluator:
                         "falling back to eager", err, e_err)
             self._fn, self.compiled = self._per_atom_energy, False
         return err
+
+
+class BatchedForces:
+    """The force function of B replicas for :func:`md_protocols.run_batched_md`: float64 positions
+    (B, N, 3) -> float64 (energy (B,), forces (B, N, 3)), evaluated by a :class:`FastEvaluator` on a
+    frozen private copy of the model (the caller's model keeps its weights and ``requires_grad``)."""
+
+    def __init__(self, model, numbers: np.ndarray, positions: Tensor, head: str = "main", compile: bool = True):
+        # weight gradients are never needed: without them the backward is only d/dr
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.evaluator = FastEvaluator(self.model, numbers, head=head, replicas=positions.shape[0], compile=compile)
+        if compile:
+            self.evaluator.check(positions.to(self.model.dtype))  # the correctness guard (falls back to eager)
+
+    @property
+    def compiled(self) -> bool:
+        return self.evaluator.compiled
+
+    def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        energy, _, forces = self.evaluator(positions.to(self.model.dtype))
+        return energy.to(torch.float64), forces.to(torch.float64)

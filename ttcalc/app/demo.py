@@ -35,15 +35,15 @@ def naphthalene() -> Atoms:
 
 
 def _model_or_fallback(progress: bool):
-    from .pretrained import load_pretrained
+    from ttcalc.model.pretrained import load_pretrained
 
     try:
         return load_pretrained("md17-abu"), "md17-abu (embedded)"
     except FileNotFoundError:
         # before the embedded model ships: train a small one on rMD17 benzene for about a minute
-        from .model import ModelConfig
-        from .representation import RepresentationConfig
-        from .train import DataConfig, StageConfig, TrainConfig, train_model
+        from ttcalc.model.potential import ModelConfig
+        from ttcalc.model.representation import RepresentationConfig
+        from ttcalc.train import DataConfig, StageConfig, TrainConfig, train_model
 
         log.warning("embedded model missing: training a small benzene model for about a minute")
         cfg = TrainConfig(model=ModelConfig(RepresentationConfig(hidden_channels=32, num_layers=2)),
@@ -62,11 +62,11 @@ def run_demo(molecule: str | None = None, output: str = "ttcalc_demo", time_ps: 
 
     from md_protocols import bonds_stability, hr, hr_mae, run_md, BondCollapseCheck
 
-    from .adaptation import prior_md_frames
-    from .calculator import TTTCalculator
-    from .plots import plot_demo
-    from .priors import XTBPrior
-    from .shifts import diagnose, format_table
+    from ttcalc.adapt import prior_md_frames
+    from ttcalc.calculator import TTTCalculator
+    from ttcalc.app.plots import plot_demo
+    from ttcalc.priors import XTBPrior
+    from ttcalc.diagnostics.shifts import diagnose, format_table
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

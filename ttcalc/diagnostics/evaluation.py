@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .batch import collate
+from ttcalc.model.batch import collate
 
 
 def predict_frames(model, frames: Sequence[Atoms], head: str = "main",
@@ -73,7 +73,7 @@ def evaluate_calculator(calc, frames: Sequence[Atoms]) -> dict:
 
 def load_eval_frames(data: str, split: str = "test_01", n: int | None = None, seed: int = 0) -> list[Atoms]:
     """rMD17 molecule name (official split) or a labelled extxyz/db file."""
-    from .data import RMD17_MOLECULES, load_rmd17, read_frames
+    from ttcalc.data import RMD17_MOLECULES, load_rmd17, read_frames
 
     if data in RMD17_MOLECULES or not Path(data).exists():
         return load_rmd17(data, split=split, n=n, seed=seed)

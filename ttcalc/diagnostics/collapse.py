@@ -21,7 +21,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from .system import bond_pairs
+from ttcalc.data.systems import bond_pairs
 
 #: the paper's neighbour criterion: d_ij < 1.15 (r_i + r_j)
 NEIGHBOUR_SCALE = 1.15
@@ -99,7 +99,7 @@ def atomic_representations(model, frames: Sequence[Atoms], batch_size: int = 128
     """Per-atom backbone features x_i (n_atoms, F), frames concatenated in order."""
     import torch
 
-    from .batch import collate
+    from ttcalc.model.batch import collate
 
     out = []
     with torch.no_grad():

@@ -15,8 +15,9 @@ from importlib import resources
 from pathlib import Path
 
 PRETRAINED = {"md17-abu": "md17-abu.pt", "md17-abu-sgdml": "md17-abu-sgdml.pt"}
-#: the configs that rebuild each shipped model, run in this order (each later one warm-starts from
-#: the checkpoint the one before it wrote)
+#: the configs (in a source checkout of ttcalc, not in an installed package) that rebuild each
+#: shipped model, run in this order: each later one warm-starts from the checkpoint the one before
+#: it wrote. Every checkpoint also stores its own config (``metadata["train_config"]``).
 CONFIGS = {"md17-abu": ("benchmarks/md17_unseen/train_xtb.toml", "benchmarks/md17_unseen/train_xtb_v2.toml",
                         "benchmarks/md17_unseen/train_xtb_v3.toml"),
            "md17-abu-sgdml": ("benchmarks/md17_unseen/train_sgdml.toml",)}
@@ -29,14 +30,15 @@ def pretrained_path(name: str) -> Path:
     path = Path(str(resources.files(__package__).joinpath(PRETRAINED[name])))
     if not path.is_file():
         raise FileNotFoundError(
-            f"pretrained model {name!r} is not in this installation ({path}); build it with "
+            f"pretrained model {name!r} is not in this installation ({path}); reinstall ttcalc, or "
+            f"rebuild it in a source checkout of ttcalc with "
             + ", then ".join(f"`ttcalc train --config {c}`" for c in CONFIGS[name])
         )
     return path
 
 
 def load_pretrained(name: str = "md17-abu", dtype=None, device="cpu"):
-    """Load a shipped :class:`~ttcalc.model.MultiHeadPotential` by name."""
-    from ..checkpoint import load_checkpoint
+    """Load a shipped :class:`~ttcalc.model.potential.MultiHeadPotential` by name."""
+    from ttcalc.model.potential import load_model
 
-    return load_checkpoint(pretrained_path(name), dtype=dtype, device=device)
+    return load_model(pretrained_path(name), dtype=dtype, device=device)

@@ -1,6 +1,6 @@
 """Collating ASE structures into model inputs.
 
-Non-periodic structures of up to :data:`~ttcalc.graph.DENSE_MAX_ATOMS` atoms are padded into dense
+Non-periodic structures of up to :data:`~ttcalc.model.graph.DENSE_MAX_ATOMS` atoms are padded into dense
 (B, N) tensors and use the complete-graph TensorNet kernel; anything else (periodic cells, large
 systems, the Equivariant Transformer) uses a flat layout with an explicit radius graph.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .graph import DENSE_MAX_ATOMS, Graph, build_graph
+from ttcalc.model.graph import DENSE_MAX_ATOMS, Graph, build_graph
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The shared representation θR: torchmd-net's TensorNet (default) or Equivariant Transformer.
 
 The parameters are torchmd-net's own modules, so checkpoints keep torchmd-net's layout. The forward
-pass is ours: it takes a precomputed :class:`~ttcalc.graph.Graph` instead of torchmd-net's internal
+pass is ours: it takes a precomputed :class:`~ttcalc.model.graph.Graph` instead of torchmd-net's internal
 neighbour search. That gives (i) periodic edges that are differentiable in the cell (stress),
 (ii) one cutoff that we can move for radius refinement, and (iii) static shapes and plain PyTorch
 ops that ``torch.compile`` can fuse. ``tests/test_representation.py`` checks that the result equals
@@ -19,9 +19,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .tmdnet import CosineCutoff, TorchMD_ET
-from .tmdnet import tensornet as tn
-from .graph import Graph
+from ttcalc.model.tmdnet import CosineCutoff, TorchMD_ET
+from ttcalc.model.tmdnet import tensornet as tn
+from ttcalc.model.graph import Graph
 
 
 @dataclass
@@ -48,30 +48,13 @@ class Representation(nn.Module):
     def __init__(self, config: RepresentationConfig, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.config = config
+        shared = dict(hidden_channels=config.hidden_channels, num_layers=config.num_layers,
+                      num_rbf=config.num_rbf, rbf_type=config.rbf_type, activation=config.activation,
+                      cutoff_upper=config.cutoff, max_z=config.max_z, dtype=dtype)
         if config.model == "tensornet":
-            self.net = tn.TensorNet(
-                hidden_channels=config.hidden_channels,
-                num_layers=config.num_layers,
-                num_rbf=config.num_rbf,
-                rbf_type=config.rbf_type,
-                activation=config.activation,
-                cutoff_upper=config.cutoff,
-                max_z=config.max_z,
-                static_shapes=False,
-                dtype=dtype,
-            )
+            self.net = tn.TensorNet(**shared, static_shapes=False)
         elif config.model == "equivariant-transformer":
-            self.net = TorchMD_ET(
-                hidden_channels=config.hidden_channels,
-                num_layers=config.num_layers,
-                num_rbf=config.num_rbf,
-                rbf_type=config.rbf_type,
-                activation=config.activation,
-                cutoff_upper=config.cutoff,
-                max_z=config.max_z,
-                num_heads=config.num_heads,
-                dtype=dtype,
-            )
+            self.net = TorchMD_ET(**shared, num_heads=config.num_heads)
         else:
             raise ValueError(
                 f"unknown representation {config.model!r}; choose 'tensornet' or 'equivariant-transformer'"
@@ -149,13 +132,16 @@ def tensornet_features(
     edge_unit = edge_vec / edge_weight.masked_fill(self_loop, 1.0).unsqueeze(1)
     n_atoms = z.shape[0]
     X = _embedding(net.tensor_embedding, z, edge_index, edge_weight, edge_unit, edge_attr, n_atoms)
-    q = torch.zeros_like(z)
     for layer in net.layers:
-        X = _interaction(layer, X, edge_index, edge_weight, edge_attr, q, n_atoms)
+        X = _interaction(layer, X, edge_index, edge_weight, edge_attr, n_atoms)
+    return _readout(net, X)
+
+
+def _readout(net: tn.TensorNet, X: Tensor) -> Tensor:
+    """Invariant per-atom features from the final tensors (TensorNet eq. 10)."""
     I, A, S = tn._decompose_tensor(X)
     x = torch.cat((3 * I**2, tn.tensor_norm(A), tn.tensor_norm(S)), dim=-1)
-    x = net.out_norm(x)
-    return net.act(net.linear(x))
+    return net.act(net.linear(net.out_norm(x)))
 
 
 def _embedding(emb, z, edge_index, edge_weight, edge_unit, edge_attr, n_atoms: int) -> Tensor:
@@ -169,33 +155,47 @@ def _embedding(emb, z, edge_index, edge_weight, edge_unit, edge_attr, n_atoms: i
     CZij = emb.cutoff(edge_weight).unsqueeze(-1) * Zij
     edge_attr_processed = CZij.unsqueeze(1) * dp
     I, A, S = tn.tensornet_embedding_message_passing(edge_unit, edge_attr_processed, edge_index, n_atoms)
-    X = tn._compose_tensor(I, A, S)
-    norm = emb.init_norm(tn.tensor_norm(X))
+    return _embedding_output(emb, I, A, S)
+
+
+def _embedding_output(emb, I: Tensor, A: Tensor, S: Tensor) -> Tensor:
+    """The embedding's norm-gated linear maps of the summed messages (TensorNet eq. 5-6)."""
+    norm = emb.init_norm(tn.tensor_norm(tn._compose_tensor(I, A, S)))
     for linear_scalar in emb.linears_scalar:
         norm = emb.act(linear_scalar(norm))
-    norm = norm.reshape(-1, 3, F)
+    norm = norm.reshape(-1, 3, emb.hidden_channels)
     I = emb.linears_tensor[0](I) * norm[:, 0, :]
     A = emb.linears_tensor[1](A) * norm[:, 1, None, None, :]
     S = emb.linears_tensor[2](S) * norm[:, 2, None, None, :]
     return tn._compose_tensor(I, A, S)
 
 
-def _interaction(layer, X, edge_index, edge_weight, edge_attr, q, n_atoms: int) -> Tensor:
+def _interaction(layer, X, edge_index, edge_weight, edge_attr, n_atoms: int) -> Tensor:
+    """One interaction layer on a sparse graph. torchmd-net scales by (1 + 0.1 q) with the total
+    charge q; ttcalc's molecules are neutral (q = 0), so the factor is exactly 1 and left out."""
     C = layer.cutoff(edge_weight)
     for linear_scalar in layer.linears_scalar:
         edge_attr = layer.act(linear_scalar(edge_attr))
     edge_attr = (edge_attr * C.view(-1, 1)).reshape(edge_attr.shape[0], 3, layer.hidden_channels)
+    X, I, A, S, Y = _interaction_inputs(layer, X)
+    Im, Am, Sm = tn.tensornet_interaction_message_passing(I, A, S, edge_attr, edge_index, n_atoms)
+    return _interaction_update(layer, X, Y, tn._compose_tensor(Im, Am, Sm))
+
+
+def _interaction_inputs(layer, X: Tensor):
+    """Normalised X, its linearly mixed parts I, A, S and Y = I + A + S (TensorNet eq. 7)."""
     X = X / (tn.tensor_norm(X) + 1)[:, None, None, :]
     I, A, S = tn._decompose_tensor(X)
     I = layer.linears_tensor[0](I)
     A = layer.linears_tensor[1](A)
     S = layer.linears_tensor[2](S)
-    Y = tn._compose_tensor(I, A, S)
-    Im, Am, Sm = tn.tensornet_interaction_message_passing(I, A, S, edge_attr, edge_index, n_atoms)
-    msg = tn._compose_tensor(Im, Am, Sm)
-    qf = (1 + 0.1 * q)[..., None, None, None]
+    return X, I, A, S, tn._compose_tensor(I, A, S)
+
+
+def _interaction_update(layer, X: Tensor, Y: Tensor, msg: Tensor) -> Tensor:
+    """X + ΔX + ΔX² from the messages ``msg`` and Y (TensorNet eq. 8-9)."""
     if layer.equivariance_invariance_group == "O(3)":
-        C = qf * _matmul_o3(Y, msg)
+        C = _matmul_o3(Y, msg)
     else:
         C = 2 * _matmul3(Y, msg)
     I, A, S = tn._decompose_tensor(C)
@@ -205,7 +205,7 @@ def _interaction(layer, X, edge_index, edge_weight, edge_attr, q, n_atoms: int) 
     A = layer.linears_tensor[4](A)
     S = layer.linears_tensor[5](S)
     dX = tn._compose_tensor(I, A, S)
-    return X + dX + qf * _matmul3(dX, dX)
+    return X + dX + _matmul3(dX, dX)
 
 
 def _pairwise(fn, r: Tensor) -> Tensor:
@@ -272,25 +272,12 @@ def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Te
     S_full = ((CZij * dp3)[..., None, None, :] * uu.unsqueeze(-1)).sum(2)
     A = tn.vector_to_skewtensor(A_vec.reshape(B * N, 3, F))
     S = tn.outer_to_symtensor(S_full.reshape(B * N, 3, 3, F))
-    X = tn._compose_tensor(I, A, S)
-    norm = emb.init_norm(tn.tensor_norm(X))
-    for linear_scalar in emb.linears_scalar:
-        norm = emb.act(linear_scalar(norm))
-    norm = norm.reshape(-1, 3, F)
-    I = emb.linears_tensor[0](I) * norm[:, 0, :]
-    A = emb.linears_tensor[1](A) * norm[:, 1, None, None, :]
-    S = emb.linears_tensor[2](S) * norm[:, 2, None, None, :]
-    X = tn._compose_tensor(I, A, S)
+    X = _embedding_output(emb, I, A, S)
 
     for layer, ea in zip(net.layers, layer_radial):
         C = layer.cutoff(r) * pair
         ea = (ea * C.unsqueeze(-1)).reshape(B, N, N, 3, F)
-        X = X / (tn.tensor_norm(X) + 1)[:, None, None, :]
-        I, A, S = tn._decompose_tensor(X)
-        I = layer.linears_tensor[0](I)
-        A = layer.linears_tensor[1](A)
-        S = layer.linears_tensor[2](S)
-        Y = tn._compose_tensor(I, A, S)
+        X, I, A, S, Y = _interaction_inputs(layer, X)
         Im = (ea[..., 0, :] * I.reshape(B, 1, N, F)).sum(2)
         A_v = tn.skewtensor_to_vector(A).reshape(B, 1, N, 3, F)
         Am = (ea[..., 1, :].unsqueeze(-2) * A_v).sum(2)
@@ -300,23 +287,8 @@ def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Te
             tn.vector_to_skewtensor(Am.reshape(B * N, 3, F)),
             Sm.reshape(B * N, 3, 3, F),
         )
-        if layer.equivariance_invariance_group == "O(3)":
-            C = _matmul_o3(Y, msg)
-        else:
-            C = 2 * _matmul3(Y, msg)
-        I, A, S = tn._decompose_tensor(C)
-        normp1 = tn.tensor_norm(C) + 1
-        I, A, S = I / normp1, A / normp1[..., None, None, :], S / normp1[..., None, None, :]
-        I = layer.linears_tensor[3](I)
-        A = layer.linears_tensor[4](A)
-        S = layer.linears_tensor[5](S)
-        dX = tn._compose_tensor(I, A, S)
-        X = X + dX + _matmul3(dX, dX)
-
-    I, A, S = tn._decompose_tensor(X)
-    x = torch.cat((3 * I**2, tn.tensor_norm(A), tn.tensor_norm(S)), dim=-1)
-    x = net.act(net.linear(net.out_norm(x)))
-    return x.reshape(B, N, F)
+        X = _interaction_update(layer, X, Y, msg)
+    return _readout(net, X).reshape(B, N, F)
 
 
 class _GivenGraph(nn.Module):
@@ -342,12 +314,3 @@ def _et_features(net: TorchMD_ET, z, edge_index, edge_vec, edge_weight, batch) -
         net.distance = own
     return x
 
-
-def __getattr__(name: str):
-    # the representation-collapse diagnostics live in ttcalc.collapse (numpy/sklearn/POT only);
-    # they are reachable from here too, the module the representation itself lives in
-    from . import collapse
-
-    if name in ("atom_classes", "davies_bouldin", "tsne_2d", "wasserstein_1", "atomic_representations"):
-        return getattr(collapse, name)
-    raise AttributeError(f"module 'ttcalc.representation' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-log = logging.getLogger("ttcalc.cli")
+log = logging.getLogger("ttcalc.app.cli")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -19,8 +19,8 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_train(args) -> int:
     import torch
 
-    from .train import load_config, train_model
-    from .train.trainer import TrainingInterrupted, init_distributed_from_env
+    from ttcalc.train import load_config, train_model
+    from ttcalc.train.trainer import TrainingInterrupted, init_distributed_from_env
 
     cfg = load_config(args.config)
     if args.output:
@@ -31,7 +31,7 @@ def cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     joined = init_distributed_from_env()
     try:
-        _, report = train_model(cfg, progress=not args.quiet, resume=args.resume)
+        _, report = train_model(cfg, progress=not args.quiet, resume=args.resume, release=args.release)
     except TrainingInterrupted as exc:
         print(f"{exc}\nresume with: ttcalc train --config {args.config} --resume", file=sys.stderr)
         return 143
@@ -44,9 +44,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import evaluate_frames, load_eval_frames
+    from ttcalc.diagnostics.evaluation import evaluate_frames, load_eval_frames
 
-    from . import load_model
+    from ttcalc import load_model
 
     model = load_model(args.model, dtype=args.dtype)
     frames = load_eval_frames(args.data, split=args.split, n=args.n, seed=args.seed)
@@ -60,7 +60,7 @@ def cmd_md(args) -> int:
 
     from md_protocols import run_md
 
-    from .calculator import TTTCalculator
+    from ttcalc.calculator import TTTCalculator
 
     atoms = read(args.structure)
     calc = TTTCalculator(args.model, prior=args.prior, ttt=args.ttt, radius_refinement=args.rr,
@@ -81,9 +81,9 @@ def cmd_md(args) -> int:
 def cmd_diagnose(args) -> int:
     from ase.io import read
 
-    from . import load_model, load_pretrained
-    from .priors import make_prior
-    from .shifts import diagnose, format_table
+    from ttcalc import load_model, load_pretrained
+    from ttcalc.priors import make_prior
+    from ttcalc.diagnostics.shifts import diagnose, format_table
 
     atoms = read(args.structure)
     model = load_model(args.model) if args.model else load_pretrained()
@@ -93,15 +93,15 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ttcalc.app.demo import run_demo
 
     return run_demo(molecule=args.molecule, output=args.output, time_ps=args.time_ps,
                     progress=not args.quiet)
 
 
 def cmd_finetune(args) -> int:
-    from .calculator import TTTCalculator
-    from .data import read_frames
+    from ttcalc.calculator import TTTCalculator
+    from ttcalc.data import read_frames
 
     frames = read_frames(args.frames)
     calc = TTTCalculator(args.model, prior=args.prior, compile=False, disagreement_every=0)
@@ -115,7 +115,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data.catalog import dataset_status, download
+    from ttcalc.data.catalog import dataset_status, download
 
     if args.data_command == "list":
         rows = dataset_status()
@@ -138,7 +138,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_md_benchmark
+    from ttcalc.app.benchmark import run_md_benchmark
 
     return run_md_benchmark(args)
 
@@ -155,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "head from this checkpoint and skip pretraining; joint: start from all its weights")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--resume", action="store_true", help="continue a stopped run from its state files "
-                   "(<output>.<stage>.state.pt): weights, optimiser, schedule, EMA, RNG and epoch")
+                   "(<output>.<stage>.state.pt): weights, optimizer, schedule, EMA, RNG and epoch")
+    t.add_argument("--release", action="store_true", help="train nothing: write <output> from the best weights "
+                   "a stopped run has reached, with its training statistics, and keep its state files, so "
+                   "that --resume continues it")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     t.set_defaults(func=cmd_train)
 
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # compiled kernels persist in ttcalc's user cache, so a second run reuses them (a user's own
     # TORCHINDUCTOR_CACHE_DIR wins)
-    from .paths import cache_dir
+    from ttcalc.paths import cache_dir
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir("inductor")))
     _setup_logging(args.verbose)

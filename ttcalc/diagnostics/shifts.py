@@ -2,7 +2,7 @@
 
 Kreiman & Krishnapriyan, "Understanding and mitigating distribution shifts for universal MLIPs",
 Digital Discovery 2025, sec. 3.2 names three shifts; each is measured here against the
-:class:`~ttcalc.model.TrainingStats` stored in the checkpoint:
+:class:`~ttcalc.model.potential.TrainingStats` stored in the checkpoint:
 
 * **atomic features**: elements absent from training (OOD if any), and the system size N compared
   with the training sizes ``stats.n_atoms``: ``z = (N − mean) / std`` (a single training size has
@@ -13,7 +13,7 @@ Digital Discovery 2025, sec. 3.2 names three shifts; each is measured here again
   (``stats.prior_force_norm`` quantiles); needs a prior;
 * **connectivity**: the eq. 5 spectral distance ``d = Σ_i (λ_i − λ̄_i)²`` of the normalised-Laplacian
   spectrum of the radius graph at the training cutoff to the mean training spectrum
-  (:class:`~ttcalc.spectral.TrainingSpectrum`), against the training structures' own distances.
+  (:class:`~ttcalc.diagnostics.spectral.TrainingSpectrum`), against the training structures' own distances.
 
 A shift is flagged (OOD) when the structure lies more than ``n_std`` (default 1, as in the paper)
 standard deviations from the training mean: two-sided for size and force norm, one-sided
@@ -32,8 +32,8 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from .model import MultiHeadPotential, TrainingStats
-from .priors.base import Prior, PriorError
+from ttcalc.model.potential import MultiHeadPotential, TrainingStats
+from ttcalc.priors.base import Prior, PriorError
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ def _training_stats(model: MultiHeadPotential | str | Path) -> tuple[TrainingSta
     if isinstance(model, MultiHeadPotential):
         return model.stats, "the model"
     if isinstance(model, (str, Path)):
-        from .checkpoint import read_checkpoint
-        from .pretrained import PRETRAINED, pretrained_path
+        from ttcalc.model.checkpoint import read_checkpoint
+        from ttcalc.model.pretrained import PRETRAINED, pretrained_path
 
         path = pretrained_path(str(model)) if str(model) in PRETRAINED else Path(model)
         # only the statistics are needed: no model is built
@@ -201,10 +201,10 @@ def connectivity_shift(atoms: Atoms, stats: TrainingStats, n_std: float = 1.0) -
     """Connectivity: spectral distance at the training cutoff vs the training distances (z one-sided,
     percentile among the training distances); the detail adds how many atom pairs are edges and the
     radius that radius refinement (sec. 4) would choose. The metric is the training spectrum's
-    default (:mod:`ttcalc.spectral`: the size-independent "distribution" one when stored, else eq. 5)."""
+    default (:mod:`ttcalc.diagnostics.spectral`: the size-independent "distribution" one when stored, else eq. 5)."""
     from scipy.stats import percentileofscore
 
-    from .spectral import TrainingSpectrum, adjacency, refine_radius
+    from ttcalc.diagnostics.spectral import TrainingSpectrum, adjacency, refine_radius
 
     spectrum = TrainingSpectrum.from_dict(stats.spectrum)
     summary = spectrum.summary()
@@ -229,7 +229,7 @@ def diagnose(atoms: Atoms, model: MultiHeadPotential | str | Path, prior: Prior 
 
     Args:
         atoms: the structure.
-        model: a :class:`~ttcalc.model.MultiHeadPotential`, a checkpoint path or a pretrained name.
+        model: a :class:`~ttcalc.model.potential.MultiHeadPotential`, a checkpoint path or a pretrained name.
         prior: a :class:`~ttcalc.priors.Prior` or prior name for the force-norm shift (None: that
             item says "not computed: needs a prior").
         n_std: flag a shift beyond this many training standard deviations (paper: 1).
@@ -237,7 +237,7 @@ def diagnose(atoms: Atoms, model: MultiHeadPotential | str | Path, prior: Prior 
     Raises:
         ValueError: empty structure, or a checkpoint without the needed training statistics.
     """
-    from .priors import make_prior
+    from ttcalc.priors import make_prior
 
     if len(atoms) == 0:
         raise ValueError("diagnose needs a non-empty structure")

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from .tmdnet import act_class_mapping
+from ttcalc.model.tmdnet import act_class_mapping
 
 
 def mlp(in_features: int, hidden: Sequence[int], out: int, activation: str, dtype: torch.dtype) -> nn.Sequential:

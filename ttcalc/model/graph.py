@@ -6,7 +6,7 @@ Two constructions share one output type, :class:`Graph`:
   atom. Every TensorNet contribution of an edge is multiplied by the cosine envelope, which is zero
   beyond the cutoff (with zero gradient), so the dense graph gives the same energy as a radius
   graph, and its shape depends only on the number of atoms. Static shapes are what lets the compiled
-  path (:mod:`ttcalc.fast`) reuse one compiled kernel for a whole trajectory.
+  path (:mod:`ttcalc.model.compiled`) reuse one compiled kernel for a whole trajectory.
 * **radius** (periodic cells or large systems): ASE's neighbour list with integer cell shifts, so
   edge vectors ``r_j - r_i + S·cell`` stay differentiable in both positions and cell (stress).
 

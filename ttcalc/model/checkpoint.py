@@ -1,4 +1,5 @@
-"""One-file checkpoints for :class:`~ttcalc.model.MultiHeadPotential`.
+"""The checkpoint file format of :class:`~ttcalc.model.potential.MultiHeadPotential` (writing, reading,
+validating); the model is built from it by :func:`ttcalc.model.potential.load_model`.
 
 A checkpoint is a ``torch.save`` dict of plain types and tensors (loadable with
 ``weights_only=True``):
@@ -6,9 +7,9 @@ A checkpoint is a ``torch.save`` dict of plain types and tensors (loadable with
 =================  ==========================================================================
 ``format``         ``"ttcalc-checkpoint"``
 ``version``        integer format version (:data:`FORMAT_VERSION`)
-``config``         :class:`~ttcalc.model.ModelConfig` as a dict
+``config``         :class:`~ttcalc.model.potential.ModelConfig` as a dict
 ``state_dict``     weights and buffers (element references and head scales included)
-``stats``          :class:`~ttcalc.model.TrainingStats` as a dict (elements, sizes, cutoff, prior
+``stats``          :class:`~ttcalc.model.potential.TrainingStats` as a dict (elements, sizes, cutoff, prior
                    force-norm distribution, training spectrum, in-distribution prior loss)
 ``units``          ``{"energy": "eV", "length": "Angstrom"}``
 ``dtype``          ``"float32"`` or ``"float64"``
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write
+from md_protocols.files import atomic_write
 
 FORMAT = "ttcalc-checkpoint"
 FORMAT_VERSION = 1
@@ -38,7 +39,7 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically (:func:`ttcalc.files.atomic_write`)."""
+    """``torch.save`` to ``path`` atomically (:func:`md_protocols.files.atomic_write`)."""
     with atomic_write(path, "wb") as fh:
         torch.save(obj, fh)
     return Path(path)
@@ -85,36 +86,3 @@ def read_checkpoint(path: str | Path) -> dict:
     if ckpt["units"] != UNITS:
         raise CheckpointError(f"{path} uses units {ckpt['units']}; expected {UNITS}")
     return ckpt
-
-
-def model_from_checkpoint(ckpt: dict, dtype=None, device="cpu", source: str = "checkpoint"):
-    from .model import ModelConfig, MultiHeadPotential, TrainingStats
-
-    try:
-        config = ModelConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: incompatible model config: {exc}") from exc
-    stats = TrainingStats.from_dict(ckpt["stats"])
-    model = MultiHeadPotential(config, stats=stats, dtype=ckpt["dtype"])
-    try:
-        result = model.load_state_dict(ckpt["state_dict"], strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{source}: weights do not match the config: {exc}") from exc
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{source}: weights do not match the config (missing: {result.missing_keys[:5]}, "
-            f"unexpected: {result.unexpected_keys[:5]})"
-        )
-    model.metadata = dict(ckpt.get("metadata", {}))
-    if "cutoff" in ckpt and float(ckpt["cutoff"]) != model.cutoff:
-        model.set_cutoff(float(ckpt["cutoff"]))  # saved after radius refinement
-    if dtype is not None:
-        from .model import resolve_dtype
-
-        model.to(resolve_dtype(dtype))
-    return model.to(device).eval()
-
-
-def load_checkpoint(path: str | Path, dtype=None, device="cpu"):
-    """Build a :class:`~ttcalc.model.MultiHeadPotential` from a checkpoint file."""
-    return model_from_checkpoint(read_checkpoint(path), dtype=dtype, device=device, source=str(path))

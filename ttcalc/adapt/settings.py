@@ -1,0 +1,114 @@
+"""Settings of adaptation to a new system: test-time training (:class:`TTTConfig`) and fine-tuning on
+labelled frames (:class:`FinetuneLabelsConfig`), both :class:`FitSettings`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import ClassVar, Literal
+
+from ttcalc.train.config import OptimizerSettings
+
+
+@dataclass
+class FitSettings(OptimizerSettings):
+    """Optimizer and stopping settings shared by test-time training and fine-tuning on labels."""
+
+    label: ClassVar[str] = "fit"
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    weight_decay: float = 1e-3
+    grad_clip: float = 10.0
+    max_steps: int = 200
+    batch_size: int = 8
+    #: fit energies up to a constant (the new molecule's energy zero is not the references')
+    energy_offset_free: bool = True
+    val_fraction: float = 0.25
+    seed: int = 0
+    # stopping
+    eval_every: int = 10
+    patience: int = 5
+    min_rel_improvement: float = 1e-3
+    divergence_factor: float = 10.0
+
+    def __post_init__(self):
+        super().__post_init__()  # fail before the frames (prior MD, labels) are paid for, not after
+        if self.max_steps < 0 or self.eval_every < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError("max_steps must be >= 0 and eval_every, patience, batch_size >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    @classmethod
+    def coerce(cls, value):
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls().updated(**value)
+        raise TypeError(f"{cls.__name__} settings must be a {cls.__name__} or dict, not {type(value).__name__}")
+
+    def updated(self, **overrides):
+        valid = {f.name for f in fields(self)}
+        bad = set(overrides) - valid
+        if bad:
+            raise TypeError(f"unknown {self.label} settings {sorted(bad)}; valid: {sorted(valid)}")
+        return replace(self, **overrides)
+
+
+@dataclass
+class TTTConfig(FitSettings):
+    """Settings of test-time training (defaults follow the paper's MD17 setting, A.4.3)."""
+
+    label: ClassVar[str] = "TTT"
+
+    #: what TTT updates: "adaptable", the model's adaptable group (by default the embedding and first
+    #: interaction layer, paper sec. 5.2), or "representation", all of θR (heads stay fixed either way)
+    parameters: Literal["adaptable", "representation"] = "adaptable"
+    # frames
+    frames: Literal["md", "rattle", "normal_modes"] = "md"
+    n_frames: int = 48
+    temperature_K: float = 500.0
+    md_timestep_fs: float = 0.5
+    md_interval: int = 10
+    md_friction_per_fs: float = 0.01
+    rattle_stdev: float = 0.05
+    stop_at_id_loss: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.parameters not in ("adaptable", "representation"):
+            raise ValueError(f"unknown TTT parameters {self.parameters!r}; use 'adaptable' or 'representation'")
+        if self.frames not in ("md", "rattle", "normal_modes"):
+            raise ValueError(f"unknown frame source {self.frames!r}; use 'md', 'rattle' or 'normal_modes'")
+        if self.n_frames < 2:
+            raise ValueError(f"n_frames must be at least 2 (train and validation), got {self.n_frames}")
+
+
+#: what fine-tuning on labels may update: θM alone, with θR's adaptable layers, or with all of θR
+FINETUNE_GROUPS = {"main": ("main",), "main+adaptable": ("main", "adaptable"),
+                   "main+representation": ("main", "representation")}
+
+
+@dataclass
+class FinetuneLabelsConfig(FitSettings):
+    """Settings of fine-tuning on labelled frames of a new system (``calc.finetune``).
+
+    Defaults: Adam, lr 5e-4, force weight 100, batches of 10, θM and all of θR, a fifth of the
+    frames held out for early stopping (the project's few-shot calibration on 40 + 10 frames).
+    """
+
+    label: ClassVar[str] = "fine-tuning"
+
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    max_steps: int = 300
+    batch_size: int = 10
+    force_weight: float = 100.0
+    val_fraction: float = 0.2
+    patience: int = 5
+    parameters: Literal["main", "main+adaptable", "main+representation"] = "main+representation"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.parameters not in FINETUNE_GROUPS:
+            raise ValueError(f"unknown fine-tuning parameters {self.parameters!r}; use one of {list(FINETUNE_GROUPS)}")
