@@ -12,7 +12,7 @@ from ase.io import write
 from ttcalc import load_model
 from ttcalc.model.checkpoint import CheckpointError
 from ttcalc.data import load_rmd17
-from ttcalc.diagnostics.shifts import (CONNECTIVITY, ELEMENTS, FORCE_NORM, SIZE, ShiftReport, diagnose,
+from ttcalc.diagnostics.shifts import (CONNECTIVITY, ELEMENTS, FORCE_NORM, Q_RESIDUAL, SIZE, ShiftReport, diagnose,
                            format_table)
 
 
@@ -20,8 +20,8 @@ from ttcalc.diagnostics.shifts import (CONNECTIVITY, ELEMENTS, FORCE_NORM, SIZE,
 
 def test_in_distribution_benzene_is_not_flagged(tiny_model_path, benzene, prior):
     report = diagnose(benzene, tiny_model_path, prior=prior)
-    assert [i.name for i in report.items] == [ELEMENTS, SIZE, FORCE_NORM, CONNECTIVITY]
-    assert [i.ood for i in report.items] == [False, False, False, False] and not report.any_ood
+    assert [i.name for i in report.items] == [ELEMENTS, SIZE, FORCE_NORM, CONNECTIVITY, Q_RESIDUAL]
+    assert [i.ood for i in report.items] == [False, False, False, False, False] and not report.any_ood
     stats = load_model(tiny_model_path).stats
     # the force-norm item is the prior's mean per-atom |F|, compared with per-frame training statistics
     f = prior.energy_forces(benzene)[1]
@@ -126,3 +126,13 @@ def test_missing_statistics_and_bad_models_raise(tiny_model_path, benzene, prior
         diagnose(benzene, 42)
     with pytest.raises(ValueError, match="non-empty"):
         diagnose(Atoms(), tiny_model_path)
+
+
+def test_q_residual_item_flags_an_unseen_molecule(tiny_model_path, benzene, naphthalene):
+    """The checkpoint stores the PCA of its training features; benzene sits inside the training
+    structures' Q, naphthalene (never seen) far beyond the limit; the table shows the item."""
+    stats = load_model(tiny_model_path).stats
+    assert stats.q_residual and len(stats.q_residual["train_structure_q"]) == 64  # every training frame
+    inside, unseen = diagnose(benzene, tiny_model_path)[Q_RESIDUAL], diagnose(naphthalene, tiny_model_path)[Q_RESIDUAL]
+    assert inside.value < inside.training["limit"] < unseen.value and unseen.ood and not inside.ood
+    assert "Q-residual" in format_table(diagnose(naphthalene, tiny_model_path))

@@ -42,6 +42,7 @@ ELEMENTS = "atomic features: elements"
 SIZE = "atomic features: size"
 FORCE_NORM = "force norm"
 CONNECTIVITY = "connectivity"
+Q_RESIDUAL = "Q-residual"
 
 
 @dataclass
@@ -107,6 +108,16 @@ def _training_stats(model: MultiHeadPotential | str | Path) -> tuple[TrainingSta
         # only the statistics are needed: no model is built
         return TrainingStats.from_dict(read_checkpoint(path)["stats"]), str(path)
     raise TypeError(f"model must be a MultiHeadPotential or a checkpoint path, not {type(model).__name__}")
+
+
+def _model_for_q(model: MultiHeadPotential | str | Path, stats: TrainingStats) -> MultiHeadPotential | None:
+    """The model whose features the Q-residual needs (built from a path only when the stats hold a PCA)."""
+    if isinstance(model, MultiHeadPotential) or not stats.q_residual:
+        return model if isinstance(model, MultiHeadPotential) else None
+    from ttcalc.model.potential import load_model
+    from ttcalc.model.pretrained import PRETRAINED, load_pretrained
+
+    return load_pretrained(str(model)) if str(model) in PRETRAINED else load_model(model)
 
 
 def _check_stats(stats: TrainingStats, source: str, need_forces: bool) -> None:
@@ -223,9 +234,33 @@ def connectivity_shift(atoms: Atoms, stats: TrainingStats, n_std: float = 1.0) -
     return ShiftItem(CONNECTIVITY, float(d), summary, z, pct, ood, detail)
 
 
+def q_residual_shift(atoms: Atoms, model: MultiHeadPotential | None, stats: TrainingStats) -> ShiftItem:
+    """Q-residual of the representation (Wong & Yang 2026, :mod:`ttcalc.diagnostics.uncertainty`): the
+    structure's Q (its largest atom's) against the α-quantile of the training structures' Q."""
+    from scipy.stats import percentileofscore
+
+    from ttcalc.diagnostics.collapse import atomic_representations
+    from ttcalc.diagnostics.uncertainty import QResidual
+
+    if not stats.q_residual or model is None:
+        return ShiftItem(Q_RESIDUAL, None, {}, None, None, None,
+                         "not computed: the checkpoint stores no Q-residual PCA (trained before it was stored)")
+    q = QResidual.from_dict(stats.q_residual)
+    atom_q = q.atom_q(atoms_features := atomic_representations(model, [atoms]))
+    value, worst = float(atom_q.max()), int(atom_q.argmax())
+    limit = q.structure_limit
+    pct = float(percentileofscore(q.train_structure_q, value, kind="mean"))
+    detail = (f"Q = {value:.3g} (atom {worst}, {atoms[worst].symbol}), structure limit {limit:.3g} (the training "
+              f"structures' {q.alpha:g} quantile); {int((atom_q > q.atom_limit).sum())} of {len(atoms)} atoms above "
+              f"the Jackson-Mudholkar atom limit {q.atom_limit:.3g}; PCA keeps {q.k} of {atoms_features.shape[1]} "
+              f"feature directions")
+    return ShiftItem(Q_RESIDUAL, value, {"limit": limit, "k": q.k, "alpha": q.alpha}, None, pct, value > limit, detail)
+
+
 def diagnose(atoms: Atoms, model: MultiHeadPotential | str | Path, prior: Prior | str | None = None,
              n_std: float = 1.0) -> ShiftReport:
-    """The three distribution shifts of paper sec. 3.2 for ``atoms`` against ``model``'s training set.
+    """The three distribution shifts of paper sec. 3.2 for ``atoms`` against ``model``'s training set,
+    and the Q-residual of its features where the checkpoint stores the training PCA.
 
     Args:
         atoms: the structure.
@@ -247,7 +282,8 @@ def diagnose(atoms: Atoms, model: MultiHeadPotential | str | Path, prior: Prior 
     stats, source = _training_stats(model)
     _check_stats(stats, source, need_forces=prior is not None)
     items = [element_shift(atoms, stats), size_shift(atoms, stats, n_std),
-             force_norm_shift(atoms, stats, prior, n_std), connectivity_shift(atoms, stats, n_std)]
+             force_norm_shift(atoms, stats, prior, n_std), connectivity_shift(atoms, stats, n_std),
+             q_residual_shift(atoms, _model_for_q(model, stats), stats)]
     return ShiftReport(items=items, structure=atoms.get_chemical_formula(), n_std=float(n_std))
 
 
@@ -268,6 +304,8 @@ def _fmt_training(item: ShiftItem) -> str:
         return ", ".join(t["elements"])
     if "sizes" in t:
         return ", ".join(str(s) for s in t["sizes"]) + (f" ({t['mean']:.3g} ± {t['std']:.3g})" if len(t["sizes"]) > 1 else "")
+    if "limit" in t:
+        return f"limit {t['limit']:.3g}"
     if t.get("mean") is None:
         return "-"
     return f"{t['mean']:.3g} ± {t['std']:.3g}"

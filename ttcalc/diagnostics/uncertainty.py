@@ -13,8 +13,8 @@ eigenvalues λ_{k+1..F}: with θ_i = Σ λ_j^i, h₀ = 1 − 2θ₁θ₃ / (3θ�
     Q_α = θ₁ [ c_α √(2θ₂h₀²) / θ₁ + 1 + θ₂h₀(h₀ − 1) / θ₁² ]^(1/h₀).
 
 A maximum over atoms does not follow that distribution, so the structure limit is the empirical
-α-quantile of the training structures' Q. Everything here is NumPy on feature arrays; where the
-features come from is the caller's business.
+α-quantile of the training structures' Q. Everything but :func:`fit_model_q_residual` (which takes
+a model's features of the frames it is given) is NumPy on feature arrays.
 """
 from __future__ import annotations
 
@@ -111,3 +111,12 @@ def fit_q_residual(features: np.ndarray, structure: np.ndarray, variance: float 
     model = QResidual(mean, v[:, :k], w, alpha, jackson_mudholkar_limit(w[k:], alpha), np.empty(0))
     model.train_structure_q = model.structure_q(x, structure)
     return model
+
+
+def fit_model_q_residual(model, frames, variance: float = 0.99, alpha: float = 0.95) -> QResidual:
+    """:func:`fit_q_residual` on ``model``'s per-atom representation features of ``frames``
+    (what training stores in the checkpoint, ``TrainingStats.q_residual``)."""
+    from ttcalc.diagnostics.collapse import atomic_representations
+
+    structure = np.repeat(np.arange(len(frames)), [len(a) for a in frames])
+    return fit_q_residual(atomic_representations(model, list(frames)), structure, variance=variance, alpha=alpha)

@@ -90,7 +90,9 @@ class TrainingStats:
 
     ``prior_force_norm`` summarises per-atom |F| of the prior labels (mean, std, quantiles);
     ``spectrum`` is a :class:`ttcalc.diagnostics.spectral.TrainingSpectrum` as a dict; ``prior_loss`` is the
-    in-distribution prior loss that test-time training must not undercut (it would overfit).
+    in-distribution prior loss that test-time training must not undercut (it would overfit);
+    ``q_residual`` the PCA of the training features (:class:`ttcalc.diagnostics.uncertainty.QResidual`
+    as a dict) for Q-residual uncertainty.
     """
 
     elements: list[int] = field(default_factory=list)
@@ -102,6 +104,7 @@ class TrainingStats:
     prior_loss: float | None = None
     molecules: list[str] = field(default_factory=list)
     prior: str | None = None
+    q_residual: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

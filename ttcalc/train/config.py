@@ -120,6 +120,8 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     spectrum_frames: int = 500
+    #: training frames whose features the Q-residual PCA is fitted to (0: none stored)
+    q_residual_frames: int = 900
 
     def to_dict(self) -> dict:
         d = asdict(self)

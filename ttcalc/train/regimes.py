@@ -122,6 +122,7 @@ def load_pretrained_weights(model: MultiHeadPotential, path: str | Path, prefixe
 def training_stats(cfg: TrainConfig, model: MultiHeadPotential, ds: Dataset) -> TrainingStats:
     """Statistics of the training set that TTT, RR and the shift diagnostics compare against."""
     from ttcalc.diagnostics.spectral import build_training_spectrum
+    from ttcalc.diagnostics.uncertainty import fit_model_q_residual
 
     prior_frames = ds.train_prior or ds.train
     norms = np.concatenate([np.linalg.norm(a.get_forces(), axis=1) for a in prior_frames])
@@ -138,6 +139,9 @@ def training_stats(cfg: TrainConfig, model: MultiHeadPotential, ds: Dataset) -> 
         molecules=list(ds.molecules or []),
         prior=None if ds.train_prior is None else cfg.prior.name,
     )
+    if cfg.q_residual_frames:
+        pick = np.random.default_rng(cfg.seed).permutation(len(ds.train))[:cfg.q_residual_frames]
+        stats.q_residual = fit_model_q_residual(model, [ds.train[i] for i in sorted(pick)]).to_dict()
     if ds.val_prior is not None and "prior" in model.heads:
         w = LossWeights(cfg.pretrain.energy_weight, cfg.pretrain.force_weight)
         stats.prior_loss = float(evaluate_loss(model, ds.val, {"prior": Targets.from_frames(ds.val_prior)},
