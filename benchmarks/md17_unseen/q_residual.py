@@ -22,7 +22,8 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from ttcalc import load_pretrained
+from ttcalc import load_model, load_pretrained
+from ttcalc.model import PRETRAINED
 from ttcalc.model.batch import collate
 from ttcalc.data import load_rmd17
 from md_protocols.files import atomic_write
@@ -50,10 +51,11 @@ def features_and_errors(model, frames, batch_size: int = 50):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="md17-abu-sgdml", help="shipped model name")
+    p.add_argument("--model", default="md17-abu-sgdml", help="shipped model name or checkpoint path")
+    p.add_argument("--name", default=None, help="name of the result file (default: the model's name or file stem)")
     p.add_argument("--n-test", type=int, default=200, help="test_01 frames per molecule")
     args = p.parse_args(argv)
-    model = load_pretrained(args.model)
+    model = load_pretrained(args.model) if args.model in PRETRAINED else load_model(args.model)
     train = [a for m in TRAINING for a in load_rmd17(m, "train_01", n=300, seed=0)]
     x, s, _ = features_and_errors(model, train)
     q_model = fit_q_residual(x, s, variance=0.99, alpha=0.95)
@@ -77,7 +79,7 @@ def main(argv=None) -> dict:
         "spearman_q_vs_force_mae": float(spearmanr(q_all, err_all).statistic),
         "per_molecule_median_q": {m: float(np.median(g["q"])) for m, g in groups.items()},
     }
-    out = HERE / "results" / "q_residual" / f"{args.model}.json"
+    out = HERE / "results" / "q_residual" / f"{args.name or Path(args.model).stem}.json"
     with atomic_write(out, "w") as fh:
         json.dump(result, fh, indent=2)
     print(json.dumps(result, indent=2))

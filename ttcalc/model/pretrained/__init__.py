@@ -4,9 +4,9 @@
 name           what it is
 =============  ==============================================================================
 ``md17-abu``   TensorNet trained on rMD17 aspirin, benzene and uracil (main head: PBE/def2-SVP,
-               prior head: GFN2-xTB, so TTT needs no labels); version 3; model card: ``md17-abu.md``.
+               prior head: GFN2-xTB, so TTT needs no labels); version 4; model card: ``md17-abu.md``.
 ``md17-abu-sgdml``  the same architecture and data with an sGDML prior head (TTT on a new molecule
-               needs an sGDML model fitted to a few labelled frames of it); same model card.
+               needs an sGDML model fitted to a few labelled frames of it); version 4; same model card.
 =============  ==============================================================================
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ PRETRAINED = {"md17-abu": "md17-abu.pt", "md17-abu-sgdml": "md17-abu-sgdml.pt"}
 #: shipped model, run in this order: each later one warm-starts from the checkpoint the one before
 #: it wrote. Every checkpoint also stores its own config (``metadata["train_config"]``).
 CONFIGS = {"md17-abu": ("benchmarks/md17_unseen/train_xtb.toml", "benchmarks/md17_unseen/train_xtb_v2.toml",
-                        "benchmarks/md17_unseen/train_xtb_v3.toml"),
-           "md17-abu-sgdml": ("benchmarks/md17_unseen/train_sgdml.toml",)}
+                        "benchmarks/md17_unseen/train_xtb_v3.toml", "benchmarks/md17_unseen/train_xtb_v4.toml"),
+           "md17-abu-sgdml": ("benchmarks/md17_unseen/train_sgdml.toml", "benchmarks/md17_unseen/train_sgdml_v4.toml")}
 
 
 def pretrained_path(name: str) -> Path:
