@@ -275,130 +275,165 @@ def run_md(
         raise ValueError("run_md: a calculator is required")
     if resume and trajectory is None:
         raise ValueError("run_md: resume=True needs a trajectory path")
-    check_interval = protocol.every_check
     started = time.perf_counter()
-    n_total = protocol.n_steps
-    dt = timestep_fs * units.fs
-
     atoms = atoms.copy()
     atoms.calc = calc
+    path = None if trajectory is None else Path(trajectory)
     settings = _settings(ensemble, temperature_K, timestep_fs, friction_per_fs, seed, log_interval, atoms)
+    recorder = _Recorder(keep_frames)
+    start = _start(atoms, path, resume, settings, recorder, protocol, seed, initial_temperature_K)
+    run = _SingleRun(atoms, protocol, start, path, settings, recorder, [FiniteCheck(), *checks], logfile, progress)
+    try:
+        failure, stop_step = run.integrate()
+    finally:
+        run.close()
+    if failure is not None:
+        logger.info("run_md stopped at step %d (%.4f ps): %s: %s", stop_step,
+                    stop_step * timestep_fs / 1000, failure.status, failure.message)
+    return recorder.result(protocol, "finished" if failure is None else failure.status, stop_step, len(atoms), seed,
+                           None if path is None else str(path), "" if failure is None else failure.message,
+                           time.perf_counter() - started)
+
+
+@dataclass
+class _Start:
+    """Where a run starts: the step, the thermostat generator, whether it resumes a saved run, and
+    the failure a resumed run had already ended with (with its step)."""
+
+    step: int
+    rng: np.random.Generator
+    resuming: bool
+    stored_failure: tuple[CheckFailure, int] | None = None
+
+
+def _start(atoms: Atoms, path: Path | None, resume: bool, settings: dict, recorder: _Recorder, protocol: _Protocol,
+           seed: int, initial_temperature_K: float | None) -> _Start:
+    """Resume from ``path`` (positions, momenta, generator state, logged frames) or draw fresh velocities."""
     velocity_seed, thermostat_seed = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(thermostat_seed)
-    recorder = _Recorder(keep_frames)
-    path = None if trajectory is None else Path(trajectory)
     # an empty file is what a run that failed before its first frame leaves: nothing to resume
     resuming = resume and path.exists() and path.stat().st_size > 0
     if resuming and not state_path(path).exists():
         raise ValueError(f"run_md(resume=True): {path} exists but has no {state_path(path).name}; cannot resume")
     if resume and not resuming:
         logger.info("run_md: nothing to resume at %s; starting a new run", path)
-
-    start_step, stored_failure = 0, None
-    if resuming:
-        state = _load_resume(path, atoms, settings, recorder)
-        start_step = int(state["step"])
-        if start_step > n_total:
-            raise ValueError(f"run_md(resume=True): {path} is already at {start_step * timestep_fs / 1000:g} ps "
-                             f"> time_ps={time_ps:g}")
-        if state["rng_state"] is not None:
-            rng = np.random.Generator(getattr(np.random, state["rng_state"]["bit_generator"])())
-            rng.bit_generator.state = state["rng_state"]
-        if state["status"] in _TERMINAL:
-            stored_failure = (CheckFailure(state["status"], state["message"]), int(state["stop_step"]))
-    else:
+    if not resuming:
         if path is not None:
             state_path(path).unlink(missing_ok=True)  # a stale sidecar must not describe the new file
-        initial = temperature_K if initial_temperature_K is None else initial_temperature_K
+        initial = protocol.temperature_K if initial_temperature_K is None else initial_temperature_K
         _initial_velocities(atoms, initial, np.random.default_rng(velocity_seed))
+        return _Start(0, rng, False)
+    state = _load_resume(path, atoms, settings, recorder)
+    step = int(state["step"])
+    if step > protocol.n_steps:
+        raise ValueError(f"run_md(resume=True): {path} is already at {step * protocol.timestep_fs / 1000:g} ps "
+                         f"> time_ps={protocol.time_ps:g}")
+    if state["rng_state"] is not None:
+        rng = np.random.Generator(getattr(np.random, state["rng_state"]["bit_generator"])())
+        rng.bit_generator.state = state["rng_state"]
+    stored = None
+    if state["status"] in _TERMINAL:
+        stored = (CheckFailure(state["status"], state["message"]), int(state["stop_step"]))
+    return _Start(step, rng, True, stored)
 
-    if ensemble == "nvt":
-        dyn = Langevin(atoms, timestep=dt, temperature_K=temperature_K,
-                       friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
-    else:
-        dyn = VelocityVerlet(atoms, timestep=dt)
-    dyn.nsteps = start_step
 
-    all_checks: list[Check] = [FiniteCheck(), *checks]
-    writer = TrajectoryWriter(str(path), "a" if resuming else "w") if path is not None else None
-    md_log = None
-    if logfile is not None:
-        md_log = MDLogger(dyn, atoms, os.fspath(logfile), header=not resuming, mode="a" if resuming else "w")
-    bar = tqdm(total=n_total, initial=min(start_step, n_total), disable=not progress, file=sys.stderr,
-               unit="step", desc=f"MD {ensemble} {temperature_K:g} K", leave=False)
+class _SingleRun:
+    """One ASE integrator on one structure, with its trajectory, sidecar, log file, checks and progress bar."""
 
-    def save_state(status: str, message: str = "", stop_step: int | None = None) -> None:
-        if path is None:
+    def __init__(self, atoms: Atoms, protocol: _Protocol, start: _Start, path: Path | None, settings: dict,
+                 recorder: _Recorder, checks: list[Check], logfile, progress: bool):
+        self.atoms, self.protocol, self.start, self.path = atoms, protocol, start, path
+        self.settings, self.recorder, self.checks = settings, recorder, checks
+        dt = protocol.timestep_fs * units.fs
+        if protocol.ensemble == "nvt":
+            self.dyn = Langevin(atoms, timestep=dt, temperature_K=protocol.temperature_K,
+                                friction=protocol.friction_per_fs / units.fs, fixcm=False, rng=start.rng)
+        else:
+            self.dyn = VelocityVerlet(atoms, timestep=dt)
+        self.dyn.nsteps = start.step
+        mode = "a" if start.resuming else "w"
+        self.writer = TrajectoryWriter(str(path), mode) if path is not None else None
+        self.md_log = None
+        if logfile is not None:
+            self.md_log = MDLogger(self.dyn, atoms, os.fspath(logfile), header=not start.resuming, mode=mode)
+        self.bar = tqdm(total=protocol.n_steps, initial=min(start.step, protocol.n_steps), disable=not progress,
+                        file=sys.stderr, unit="step", desc=f"MD {protocol.ensemble} {protocol.temperature_K:g} K",
+                        leave=False)
+
+    def save_state(self, status: str, message: str = "", stop_step: int | None = None) -> None:
+        if self.path is None:
             return
-        write_json_atomic(state_path(path), {
-            "version": _STATE_VERSION, "settings": settings, "status": status, "message": message,
-            "step": recorder.steps[-1], "n_frames": len(recorder.steps), "stop_step": stop_step,
-            "rng_state": rng.bit_generator.state if ensemble == "nvt" else None,
+        rec = self.recorder
+        write_json_atomic(state_path(self.path), {
+            "version": _STATE_VERSION, "settings": self.settings, "status": status, "message": message,
+            "step": rec.steps[-1], "n_frames": len(rec.steps), "stop_step": stop_step,
+            "rng_state": self.start.rng.bit_generator.state if self.protocol.ensemble == "nvt" else None,
         })
 
-    def log_frame(step: int, epot: float) -> None:
-        recorder.add(step, atoms, epot)
-        if writer is not None:
-            writer.write(atoms)
-        if md_log is not None:
-            md_log()
-        save_state("running")
-        bar.set_postfix(T=f"{recorder.temp[-1]:.0f} K", refresh=False)
+    def log_frame(self, step: int, epot: float) -> None:
+        self.recorder.add(step, self.atoms, epot)
+        if self.writer is not None:
+            self.writer.write(self.atoms)
+        if self.md_log is not None:
+            self.md_log()
+        self.save_state("running")
+        self.bar.set_postfix(T=f"{self.recorder.temp[-1]:.0f} K", refresh=False)
 
-    def evaluate(step: int, epot: float) -> CheckFailure | None:
-        for i, check in enumerate(all_checks):
-            if i > 0 and step % check_interval:
-                break
-            failure = evaluate_check(check, atoms, epot)
+    def evaluate(self, step: int, epot: float) -> CheckFailure | None:
+        for i, check in enumerate(self.checks):
+            if i > 0 and step % self.protocol.every_check:
+                break  # the finite check (first) runs every step, the others every check interval
+            failure = evaluate_check(check, self.atoms, epot)
             if failure is not None:
                 return failure
         return None
 
-    failure: CheckFailure | None = None
-    stop_step = start_step
-    try:
-        if stored_failure is not None:
-            failure, stop_step = stored_failure
-            logger.info("run_md: %s already ended with status %r; not continuing", path, failure.status)
-        else:
-            if not resuming:
-                try:
-                    epot = atoms.get_potential_energy()
-                except Exception as exc:  # any calculator failure ends the run, with its message
-                    failure = CheckFailure("error", f"{type(exc).__name__}: {exc}")
-                else:
-                    log_frame(0, epot)
-                    failure = evaluate(0, epot)
-            for step in range(start_step + 1, n_total + 1):
-                if failure is not None:
-                    break
-                try:
-                    dyn.step()
-                    dyn.nsteps = step
-                    epot = atoms.get_potential_energy()
-                except Exception as exc:
-                    failure = CheckFailure("error", f"{type(exc).__name__}: {exc}")
-                    break
-                stop_step = step
-                bar.update(1)
-                if step % log_interval == 0:
-                    log_frame(step, epot)
-                failure = evaluate(step, epot)
-            if failure is None:
-                stop_step = n_total
-            if recorder.steps:
-                save_state("finished" if failure is None else failure.status,
-                            "" if failure is None else failure.message, stop_step)
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-        if md_log is not None:
-            md_log.close()
+    def _energy(self) -> tuple[float | None, CheckFailure | None]:
+        try:
+            return self.atoms.get_potential_energy(), None
+        except Exception as exc:  # any calculator failure ends the run, with its message
+            return None, CheckFailure("error", f"{type(exc).__name__}: {exc}")
 
-    status = "finished" if failure is None else failure.status
-    if failure is not None:
-        logger.info("run_md stopped at step %d (%.4f ps): %s: %s", stop_step,
-                    stop_step * timestep_fs / 1000, failure.status, failure.message)
-    return recorder.result(protocol, status, stop_step, len(atoms), seed, None if path is None else str(path),
-                           "" if failure is None else failure.message, time.perf_counter() - started)
+    def integrate(self) -> tuple[CheckFailure | None, int]:
+        """Run to ``protocol.n_steps``; the failure that stopped it (None) and the last step reached."""
+        start = self.start
+        if start.stored_failure is not None:
+            logger.info("run_md: %s already ended with status %r; not continuing", self.path,
+                        start.stored_failure[0].status)
+            return start.stored_failure
+        failure, stop_step = None, start.step
+        if not start.resuming:
+            epot, failure = self._energy()
+            if failure is None:
+                self.log_frame(0, epot)
+                failure = self.evaluate(0, epot)
+        for step in range(start.step + 1, self.protocol.n_steps + 1):
+            if failure is not None:
+                break
+            try:
+                self.dyn.step()
+            except Exception as exc:
+                failure = CheckFailure("error", f"{type(exc).__name__}: {exc}")
+                break
+            self.dyn.nsteps = step
+            epot, failure = self._energy()
+            if failure is not None:
+                break
+            stop_step = step
+            self.bar.update(1)
+            if step % self.protocol.log_interval == 0:
+                self.log_frame(step, epot)
+            failure = self.evaluate(step, epot)
+        if failure is None:
+            stop_step = self.protocol.n_steps
+        if self.recorder.steps:
+            self.save_state("finished" if failure is None else failure.status,
+                            "" if failure is None else failure.message, stop_step)
+        return failure, stop_step
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.md_log is not None:
+            self.md_log.close()
