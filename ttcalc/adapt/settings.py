@@ -17,13 +17,16 @@ class FitSettings(OptimizerSettings):
     optimizer: Literal["sgd", "adam"] = "sgd"
     weight_decay: float = 1e-3
     grad_clip: float = 10.0
+    #: optimizer updates at most, each on ``batch_size`` frames drawn from the training part
     max_steps: int = 200
     batch_size: int = 8
     #: fit energies up to a constant (the new molecule's energy zero is not the references')
     energy_offset_free: bool = True
+    #: share of the frames held out for validation and early stopping
     val_fraction: float = 0.25
     seed: int = 0
-    # stopping
+    # stopping: validate every ``eval_every`` updates; stop after ``patience`` checks that do not improve
+    # the loss by ``min_rel_improvement``, and roll back above ``divergence_factor`` × the start loss
     eval_every: int = 10
     patience: int = 5
     min_rel_improvement: float = 1e-3
@@ -103,9 +106,11 @@ class FinetuneLabelsConfig(FitSettings):
     weight_decay: float = 0.0
     max_steps: int = 300
     batch_size: int = 10
+    #: reference forces carry the information a few frames have; the energy is one number a frame
     force_weight: float = 100.0
     val_fraction: float = 0.2
     patience: int = 5
+    #: what is trained (:data:`FINETUNE_GROUPS`)
     parameters: Literal["main", "main+adaptable", "main+representation"] = "main+representation"
 
     def __post_init__(self):

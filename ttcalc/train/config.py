@@ -80,9 +80,11 @@ class StageConfig(OptimizerSettings):
     """
 
     batch_size: int = 16
+    # stopping: whichever comes first, or ``patience`` epochs without a better validation loss
     max_epochs: int = 100
     max_minutes: float = 60.0
     patience: int = 10
+    # the plateau schedule: lr × ``lr_factor`` after ``lr_patience`` epochs without improvement
     lr_factor: float = 0.5
     lr_patience: int = 3
     min_lr: float = 1e-6
