@@ -17,6 +17,7 @@ from md_protocols.conservation import nve_drift
 from md_protocols.observables import hr, hr_mae, hr_reference_from_dataset
 from md_protocols.parallel import MDJob, run_md_parallel
 from md_protocols.pes import PESGrid, pes_along_hessian
+from md_protocols.protocol import MDProtocol
 from md_protocols.relax import (
     ExtraStepsResult,
     RelaxResult,
@@ -37,6 +38,7 @@ from md_protocols.stability import (
 __all__ = [
     "run_md",
     "run_batched_md",
+    "MDProtocol",
     "MDResult",
     "run_md_parallel",
     "MDJob",

@@ -45,7 +45,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from md_protocols.checks import BondCollapseCheck, Check, CheckFailure, evaluate_check
-from md_protocols.simulate import MDResult, _initial_velocities, _Protocol, _Recorder
+from md_protocols.protocol import MDProtocol, resolve_protocol
+from md_protocols.simulate import MDResult, _initial_velocities, _Recorder
 
 logger = logging.getLogger(__name__)
 
@@ -126,27 +127,24 @@ def run_batched_md(
     atoms: Atoms | Sequence[Atoms],
     force_fn,
     n_replicas: int,
-    ensemble: str = "nvt",
-    temperature_K: float = 500.0,
-    timestep_fs: float = 0.5,
-    time_ps: float = 100.0,
-    friction_per_fs: float = 0.01,
+    protocol: MDProtocol | None = None,
+    *,
     seeds: Sequence[int] | None = None,
-    log_interval: int = 10,
     checks: Sequence[Check] | None = None,
-    check_interval: int | None = None,
     progress: bool = True,
     compile: bool = True,
     head: str = "main",
     keep_frames: bool = True,
-    initial_temperature_K: float | None = None,
     momenta: np.ndarray | None = None,
     thermostat_rngs: Sequence[np.random.Generator] | None = None,
     trajectories: Sequence[str | Path] | None = None,
     append: bool = False,
+    **settings,
 ) -> list[MDResult]:
     """Integrate ``n_replicas`` independent replicas of one molecule with one force call per step.
 
+    ``protocol`` and the keyword ``settings`` (its fields: ``ensemble``, ``temperature_K``, ...) set the
+    integration as in :func:`~md_protocols.run_md`.
     ``atoms``: the starting structure (shared by all replicas) or one structure per replica, all with
     the same atomic numbers, non-periodic. ``force_fn``: a :data:`ForceFn`, or a model with a
     ``batched_force_fn(numbers, positions, compile=compile, head=head)`` method that returns one
@@ -169,8 +167,7 @@ def run_batched_md(
     frame, the previous chunk's last, only once).
     See the module docstring for the integrators and the freezing of failed replicas.
     """
-    protocol = _Protocol("run_batched_md", ensemble, temperature_K, timestep_fs, time_ps, friction_per_fs,
-                         log_interval, check_interval)
+    protocol = resolve_protocol("run_batched_md", protocol, settings)
     if int(n_replicas) < 1:
         raise ValueError(f"run_batched_md: n_replicas must be >= 1, got {n_replicas}")
     n_replicas = int(n_replicas)
@@ -182,17 +179,17 @@ def run_batched_md(
         checks = [BondCollapseCheck(starts[0].positions, numbers=starts[0].numbers)]
     if trajectories is not None and len(trajectories) != n_replicas:
         raise ValueError(f"run_batched_md: {len(trajectories)} trajectory paths for {n_replicas} replicas")
-    initial = temperature_K if initial_temperature_K is None else initial_temperature_K
-    momenta, thermostat_rngs = _initial_state(starts, seeds, initial, momenta, thermostat_rngs)
+    momenta, thermostat_rngs = _initial_state(starts, seeds, protocol.initial_K, momenta, thermostat_rngs)
 
     started = time.perf_counter()
     replicas = _Replicas(starts, momenta, seeds, list(checks), protocol, keep_frames, trajectories, append)
     forces_of = _as_force_fn(force_fn, starts, compile, head)
-    if ensemble == "nvt":
-        integrator = BatchedLangevin(starts[0].get_masses(), timestep_fs * units.fs, temperature_K,
-                                     friction_per_fs / units.fs, thermostat_rngs)
+    dt = protocol.timestep_fs * units.fs
+    if protocol.ensemble == "nvt":
+        integrator = BatchedLangevin(starts[0].get_masses(), dt, protocol.temperature_K,
+                                     protocol.friction_per_fs / units.fs, thermostat_rngs)
     else:
-        integrator = BatchedVelocityVerlet(starts[0].get_masses(), timestep_fs * units.fs)
+        integrator = BatchedVelocityVerlet(starts[0].get_masses(), dt)
     calls = 0
 
     def masked_forces(r: Tensor) -> tuple[Tensor, Tensor]:
@@ -205,7 +202,7 @@ def run_batched_md(
 
     n_total = protocol.n_steps
     bar = tqdm(total=n_total, disable=not progress, file=sys.stderr, unit="step", leave=False,
-               desc=f"batched MD {ensemble} {temperature_K:g} K x{n_replicas}")
+               desc=f"batched MD {protocol.ensemble} {protocol.temperature_K:g} K x{n_replicas}")
     try:
         replicas.integrate(integrator, masked_forces, n_total, bar)
     finally:
@@ -260,7 +257,7 @@ class _Replicas:
     their logs and trajectory writers."""
 
     def __init__(self, starts: list[Atoms], momenta: np.ndarray, seeds: list[int], checks: list[Check],
-                 protocol: _Protocol, keep_frames: bool, trajectories, append: bool):
+                 protocol: MDProtocol, keep_frames: bool, trajectories, append: bool):
         n = len(starts)
         self.numbers = starts[0].numbers.copy()
         self.n_atoms = len(self.numbers)

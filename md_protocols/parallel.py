@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import inspect
 import os
 import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
+from md_protocols.protocol import MDProtocol, resolve_protocol
 from md_protocols.simulate import MDResult, run_md
+
+_PROTOCOL_FIELDS = {f.name for f in fields(MDProtocol)}
 
 logger = logging.getLogger(__name__)
 
@@ -61,23 +63,28 @@ def _init_worker(threads: int) -> None:
 
 
 def _error_result(job: MDJob, message: str) -> MDResult:
-    defaults = {k: p.default for k, p in inspect.signature(run_md).parameters.items()}
-    kw = {**defaults, **job.kwargs}
+    kw = dict(job.kwargs)
+    try:
+        protocol = resolve_protocol("run_md", kw.pop("protocol", None),
+                                    {k: kw.pop(k) for k in list(kw) if k in _PROTOCOL_FIELDS})
+    except (TypeError, ValueError):  # the job's settings themselves failed: report the defaults
+        protocol = MDProtocol()
+    trajectory = kw.get("trajectory")
     return MDResult(
         status="error",
         time_ps=0.0,
         steps=0,
         n_atoms=len(job.atoms),
-        trajectory=None if kw["trajectory"] is None else str(kw["trajectory"]),
+        trajectory=None if trajectory is None else str(trajectory),
         times_ps=np.zeros(0),
         energies={"potential": np.zeros(0), "kinetic": np.zeros(0), "total": np.zeros(0)},
         temperatures=np.zeros(0),
         message=message,
-        ensemble=kw["ensemble"],
-        temperature_K=kw["temperature_K"],
-        timestep_fs=kw["timestep_fs"],
-        seed=kw["seed"],
-        log_interval=kw["log_interval"],
+        ensemble=protocol.ensemble,
+        temperature_K=protocol.temperature_K,
+        timestep_fs=protocol.timestep_fs,
+        seed=kw.get("seed", 0),
+        log_interval=protocol.log_interval,
     )
 
 

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from md_protocols.checks import Check, CheckFailure, FiniteCheck, evaluate_check
 from md_protocols.files import atomic_path
+from md_protocols.protocol import MDProtocol, resolve_protocol
 from md_protocols.report import to_jsonable, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class _Recorder:
         if self.keep_frames:
             self.frames.append(np.array(positions, copy=True))
 
-    def result(self, protocol: "_Protocol", status: str, stop_step: int, n_atoms: int, seed: int,
+    def result(self, protocol: MDProtocol, status: str, stop_step: int, n_atoms: int, seed: int,
                trajectory: str | None, message: str, seconds: float, extra: dict | None = None) -> MDResult:
         epot, ekin = np.asarray(self.epot), np.asarray(self.ekin)
         return MDResult(
@@ -151,48 +152,14 @@ class _Recorder:
             seed=int(seed), log_interval=int(protocol.log_interval), extra=extra or {})
 
 
-@dataclass(frozen=True)
-class _Protocol:
-    """The integration settings :func:`run_md` and :func:`~md_protocols.run_batched_md` share,
-    checked once, with the number of steps and the check interval they imply."""
-
-    caller: str
-    ensemble: str
-    temperature_K: float
-    timestep_fs: float
-    time_ps: float
-    friction_per_fs: float
-    log_interval: int
-    check_interval: int | None = None
-
-    def __post_init__(self):
-        who = self.caller
-        if self.ensemble not in ("nvt", "nve"):
-            raise ValueError(f"{who}: ensemble must be 'nvt' or 'nve', got {self.ensemble!r}")
-        if not self.timestep_fs > 0 or not self.time_ps >= 0:
-            raise ValueError(f"{who}: need timestep_fs > 0 and time_ps >= 0, got {self.timestep_fs}, {self.time_ps}")
-        if self.log_interval < 1 or (self.check_interval is not None and self.check_interval < 1):
-            raise ValueError(f"{who}: log_interval and check_interval must be >= 1")
-        if self.ensemble == "nvt" and not self.friction_per_fs > 0:
-            raise ValueError(f"{who}: NVT needs friction_per_fs > 0, got {self.friction_per_fs}")
-
-    @property
-    def n_steps(self) -> int:
-        return int(round(self.time_ps * 1000.0 / self.timestep_fs))
-
-    @property
-    def every_check(self) -> int:
-        return self.log_interval if self.check_interval is None else self.check_interval
-
-
-def _settings(ensemble, temperature_K, timestep_fs, friction_per_fs, seed, log_interval, atoms) -> dict:
+def _settings(protocol: MDProtocol, seed: int, atoms: Atoms) -> dict:
     return {
-        "ensemble": ensemble,
-        "temperature_K": float(temperature_K),
-        "timestep_fs": float(timestep_fs),
-        "friction_per_fs": float(friction_per_fs) if ensemble == "nvt" else None,
+        "ensemble": protocol.ensemble,
+        "temperature_K": float(protocol.temperature_K),
+        "timestep_fs": float(protocol.timestep_fs),
+        "friction_per_fs": float(protocol.friction_per_fs) if protocol.ensemble == "nvt" else None,
         "seed": int(seed),
-        "log_interval": int(log_interval),
+        "log_interval": int(protocol.log_interval),
         "numbers": [int(z) for z in atoms.numbers],
     }
 
@@ -246,31 +213,28 @@ def _load_resume(path: Path, atoms: Atoms, settings: dict, recorder: _Recorder) 
 def run_md(
     atoms: Atoms,
     calc: Calculator,
-    ensemble: str = "nvt",
-    temperature_K: float = 500.0,
-    timestep_fs: float = 0.5,
-    time_ps: float = 100.0,
-    friction_per_fs: float = 0.01,
+    protocol: MDProtocol | None = None,
+    *,
     seed: int = 0,
     trajectory: str | os.PathLike | None = None,
-    log_interval: int = 10,
     checks: Sequence[Check] = (),
-    check_interval: int | None = None,
     progress: bool = True,
     logfile: str | os.PathLike | None = None,
     resume: bool = False,
     keep_frames: bool = True,
-    initial_temperature_K: float | None = None,
+    **settings,
 ) -> MDResult:
     """Run NVT Langevin or NVE velocity-Verlet MD on a copy of ``atoms`` with ``calc``.
 
+    ``protocol`` (default :class:`~md_protocols.protocol.MDProtocol`) sets the ensemble, temperature,
+    time step, length, friction and logging; its fields may also be given as keywords
+    (``run_md(atoms, calc, ensemble="nve", time_ps=10)``), which override it.
     ``checks`` are evaluated every ``check_interval`` steps (default ``log_interval``) after
     :class:`FiniteCheck`, which runs after every step; the first failure stops the run (see
     :mod:`md_protocols.checks`). A calculator exception stops it with status ``"error"`` and the
     message. See the module docstring for friction units, seeding, trajectory and resume.
     """
-    protocol = _Protocol("run_md", ensemble, temperature_K, timestep_fs, time_ps, friction_per_fs, log_interval,
-                         check_interval)
+    protocol = resolve_protocol("run_md", protocol, settings)
     if calc is None:
         raise ValueError("run_md: a calculator is required")
     if resume and trajectory is None:
@@ -279,17 +243,17 @@ def run_md(
     atoms = atoms.copy()
     atoms.calc = calc
     path = None if trajectory is None else Path(trajectory)
-    settings = _settings(ensemble, temperature_K, timestep_fs, friction_per_fs, seed, log_interval, atoms)
+    stored = _settings(protocol, seed, atoms)
     recorder = _Recorder(keep_frames)
-    start = _start(atoms, path, resume, settings, recorder, protocol, seed, initial_temperature_K)
-    run = _SingleRun(atoms, protocol, start, path, settings, recorder, [FiniteCheck(), *checks], logfile, progress)
+    start = _start(atoms, path, resume, stored, recorder, protocol, seed)
+    run = _SingleRun(atoms, protocol, start, path, stored, recorder, [FiniteCheck(), *checks], logfile, progress)
     try:
         failure, stop_step = run.integrate()
     finally:
         run.close()
     if failure is not None:
         logger.info("run_md stopped at step %d (%.4f ps): %s: %s", stop_step,
-                    stop_step * timestep_fs / 1000, failure.status, failure.message)
+                    stop_step * protocol.timestep_fs / 1000, failure.status, failure.message)
     return recorder.result(protocol, "finished" if failure is None else failure.status, stop_step, len(atoms), seed,
                            None if path is None else str(path), "" if failure is None else failure.message,
                            time.perf_counter() - started)
@@ -306,8 +270,8 @@ class _Start:
     stored_failure: tuple[CheckFailure, int] | None = None
 
 
-def _start(atoms: Atoms, path: Path | None, resume: bool, settings: dict, recorder: _Recorder, protocol: _Protocol,
-           seed: int, initial_temperature_K: float | None) -> _Start:
+def _start(atoms: Atoms, path: Path | None, resume: bool, settings: dict, recorder: _Recorder, protocol: MDProtocol,
+           seed: int) -> _Start:
     """Resume from ``path`` (positions, momenta, generator state, logged frames) or draw fresh velocities."""
     velocity_seed, thermostat_seed = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(thermostat_seed)
@@ -320,8 +284,7 @@ def _start(atoms: Atoms, path: Path | None, resume: bool, settings: dict, record
     if not resuming:
         if path is not None:
             state_path(path).unlink(missing_ok=True)  # a stale sidecar must not describe the new file
-        initial = protocol.temperature_K if initial_temperature_K is None else initial_temperature_K
-        _initial_velocities(atoms, initial, np.random.default_rng(velocity_seed))
+        _initial_velocities(atoms, protocol.initial_K, np.random.default_rng(velocity_seed))
         return _Start(0, rng, False)
     state = _load_resume(path, atoms, settings, recorder)
     step = int(state["step"])
@@ -340,7 +303,7 @@ def _start(atoms: Atoms, path: Path | None, resume: bool, settings: dict, record
 class _SingleRun:
     """One ASE integrator on one structure, with its trajectory, sidecar, log file, checks and progress bar."""
 
-    def __init__(self, atoms: Atoms, protocol: _Protocol, start: _Start, path: Path | None, settings: dict,
+    def __init__(self, atoms: Atoms, protocol: MDProtocol, start: _Start, path: Path | None, settings: dict,
                  recorder: _Recorder, checks: list[Check], logfile, progress: bool):
         self.atoms, self.protocol, self.start, self.path = atoms, protocol, start, path
         self.settings, self.recorder, self.checks = settings, recorder, checks
