@@ -70,29 +70,29 @@ def make_optimizer(params: list, cfg: OptimizerSettings) -> torch.optim.Optimize
 
 @dataclass
 class StageConfig(OptimizerSettings):
-    """Optimisation settings of one training stage.
-
-    ``ema_decay`` > 0 validates and saves an exponential moving average of the weights;
-    ``epoch_frames`` > 0 makes an epoch that many frames drawn afresh (so a large training set
-    keeps a validation, schedule and patience clock of a fixed size); ``compile`` None chooses
-    the compiled force step by :func:`ttcalc.train.trainer.use_compiled_step`; the full training
-    state is saved every ``checkpoint_minutes`` when the stage has a state file.
-    """
+    """Optimisation settings of one training stage. It stops at whichever comes first of
+    ``max_epochs``, ``max_minutes`` and ``patience`` epochs without a better validation loss."""
 
     batch_size: int = 16
-    # stopping: whichever comes first, or ``patience`` epochs without a better validation loss
     max_epochs: int = 100
     max_minutes: float = 60.0
     patience: int = 10
-    # the plateau schedule: lr × ``lr_factor`` after ``lr_patience`` epochs without improvement
+    """Epochs without a better validation loss before the stage stops."""
     lr_factor: float = 0.5
+    """The plateau schedule: lr × ``lr_factor`` after ``lr_patience`` epochs without improvement."""
     lr_patience: int = 3
     min_lr: float = 1e-6
     ema_decay: float = 0.0
+    """> 0: validate and save an exponential moving average of the weights."""
     epoch_frames: int = 0
+    """> 0: an epoch is this many frames drawn afresh, so a large training set keeps a validation,
+    schedule and patience clock of a fixed size."""
     drop_last: bool = False
+    """Drop incomplete batches (a compiled step then sees fewer shapes)."""
     compile: bool | None = None
+    """The compiled force step; None chooses by :func:`ttcalc.train.trainer.use_compiled_step`."""
     checkpoint_minutes: float = 5.0
+    """The full training state is saved this often when the stage has a state file."""
 
 
 @dataclass
