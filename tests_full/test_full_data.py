@@ -63,3 +63,29 @@ def test_committed_fixtures_are_what_the_build_script_makes(tmp_path, monkeypatc
                 np.testing.assert_array_equal(a[k], b[k], err_msg=f"{rel}:{k}")
         else:
             assert filecmp.cmp(f, committed / rel, shallow=False), rel
+
+
+def test_the_pinned_acac_checksums_match_the_full_data(tmp_path, monkeypatch):
+    """The acac files here are the public originals byte for byte: the catalogue's download, served
+    from 127.0.0.1, accepts them against its pins and installs them unchanged."""
+    import functools
+    import http.server
+    import threading
+    from dataclasses import replace
+
+    from ttcalc.data.catalog import DATASETS, Remote, download
+
+    folder = data_dir() / "acac"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        acac = DATASETS["acac"]
+        local = tuple(Remote(f"{base}/{r.name}", r.checksum, r.name) for r in acac.remotes)
+        monkeypatch.setitem(DATASETS, "acac", replace(acac, remotes=local))
+        path = download("acac", dest=tmp_path, progress=False)
+    finally:
+        httpd.shutdown()
+    for r in acac.remotes:
+        assert filecmp.cmp(path / r.name, folder / r.name, shallow=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 PUBLIC_SOURCES = {
     "rmd17": "rMD17: https://doi.org/10.6084/m9.figshare.12672038 (rmd17.tar.bz2, CC0)",
     "qm9": "QM9: https://doi.org/10.6084/m9.figshare.c.978904 (or `pip install qm9pack`)",
-    "3bpa": "3BPA: https://doi.org/10.1021/acs.jctc.1c00647 (supporting information, MIT)",
+    "3bpa": "3BPA: https://github.com/davkovacs/BOTNet-datasets (dataset_3BPA, MIT; doi:10.1021/acs.jctc.1c00647)",
     "acac": "acac: https://github.com/davkovacs/BOTNet-datasets (MIT)",
     "mlearn": "mlearn: https://github.com/materialsvirtuallab/mlearn (BSD-3)",
 }

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="where to write the fine-tuned checkpoint")
     f.add_argument("--ttt", action="store_true", help="test-time train on the prior first (needs --prior)")
     f.add_argument("--prior", default=None, help="prior for --ttt: xtb, tblite, emt, lj")
-    f.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default 300)")
+    f.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default 1000)")
     f.add_argument("--lr", type=float, default=None, help="learning rate (default 5e-4, Adam)")
     f.set_defaults(func=cmd_finetune)
 
@@ -177,11 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("list", help="each data set, where it is looked for, whether present, size, "
                          "source and licence")
     dl.add_argument("--json", action="store_true", help="print the table as JSON")
-    dd = dsub.add_parser("download", help="fetch a public original, verify its SHA-256, unpack it")
+    dd = dsub.add_parser("download", help="fetch the public originals, verify their pinned checksums, "
+                         "convert them to the readers' layout")
     dd.add_argument("name", help="data set name (see `ttcalc data list`)")
     dd.add_argument("--dest", help="destination folder (default: the user cache's data/ folder)")
-    dd.add_argument("--url", help="download from this address instead (a mirror)")
-    dd.add_argument("--sha256", help="expected SHA-256 of the file (required where none is pinned)")
+    dd.add_argument("--url", help="a single-file data set (rmd17, qm9): download from this address "
+                    "instead (a mirror)")
+    dd.add_argument("--sha256", help="a single-file data set: expect this SHA-256 instead of the pinned one")
     dd.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_data)
 
