@@ -6,6 +6,8 @@
 - h(r) (Fu et al. eq. 13-14): :func:`hr`, :func:`hr_mae`.
 - NVE energy conservation: :func:`nve_drift`.
 - Relaxation and the extra-steps protocol (Kreiman & Krishnapriyan 2025, A.3.1): :mod:`md_protocols.relax`.
+- Learning during MD (Wong & Yang 2026): :class:`PeriodicLearning` (a :func:`run_md` observer) and
+  the naive baseline :func:`naive_update`, for any learner and any ASE calculator as label source.
 - PES along Hessian directions: :mod:`md_protocols.pes`; reports: :mod:`md_protocols.report`;
   figures: :mod:`md_protocols.plots`.
 
@@ -15,6 +17,7 @@ from md_protocols.batched import run_batched_md
 from md_protocols.checks import BondCollapseCheck, CheckFailure, ExplosionCheck, FiniteCheck
 from md_protocols.conservation import nve_drift
 from md_protocols.observables import hr, hr_mae, hr_reference_from_dataset
+from md_protocols.online import OnlineSettings, PeriodicLearning, label_frames, naive_update
 from md_protocols.parallel import MDJob, run_md_parallel
 from md_protocols.pes import PESGrid, pes_along_hessian
 from md_protocols.protocol import MDProtocol
@@ -63,4 +66,8 @@ __all__ = [
     "pes_along_hessian",
     "PESGrid",
     "write_results",
+    "PeriodicLearning",
+    "OnlineSettings",
+    "naive_update",
+    "label_frames",
 ]

@@ -16,6 +16,10 @@ Conventions
 * Frames are logged every ``log_interval`` steps, starting at step 0: frame k is at
   ``k * log_interval * timestep_fs``. The trajectory file is ASE's ``.traj``; ASE's writer flushes the
   file after every frame, so a crash loses at most the current interval.
+* Observers (e.g. :class:`~md_protocols.online.PeriodicLearning`) are called at every logged
+  frame, after it is written and before the sidecar is; one that returns True has changed the
+  calculator (new weights), which is then reset so the next step's forces are recomputed. Their
+  ``state_dict()`` is kept in the sidecar and put back on resume.
 * Resume. Next to ``trajectory`` a sidecar ``<trajectory>.state.json`` (written atomically after each
   frame) holds the step count, the thermostat generator's ``bit_generator.state`` and the run settings.
   ``resume=True`` restarts from the last frame's positions + momenta and that generator state, so an
@@ -222,6 +226,7 @@ def run_md(
     logfile: str | os.PathLike | None = None,
     resume: bool = False,
     keep_frames: bool = True,
+    observers: Sequence = (),
     **settings,
 ) -> MDResult:
     """Run NVT Langevin or NVE velocity-Verlet MD on a copy of ``atoms`` with ``calc``.
@@ -232,7 +237,9 @@ def run_md(
     ``checks`` are evaluated every ``check_interval`` steps (default ``log_interval``) after
     :class:`FiniteCheck`, which runs after every step; the first failure stops the run (see
     :mod:`md_protocols.checks`). A calculator exception stops it with status ``"error"`` and the
-    message. See the module docstring for friction units, seeding, trajectory and resume.
+    message. ``observers`` are called at each logged frame (module docstring); their
+    ``events`` go to ``result.extra["observers"]``. See the module docstring for friction units,
+    seeding, trajectory and resume.
     """
     protocol = resolve_protocol("run_md", protocol, settings)
     if calc is None:
@@ -245,8 +252,13 @@ def run_md(
     path = None if trajectory is None else Path(trajectory)
     stored = _settings(protocol, seed, atoms)
     recorder = _Recorder(keep_frames)
+    for obs in observers:
+        obs.bind(path)
     start = _start(atoms, path, resume, stored, recorder, protocol, seed)
-    run = _SingleRun(atoms, protocol, start, path, stored, recorder, [FiniteCheck(), *checks], logfile, progress)
+    for obs, saved in zip(observers, start.observer_states):
+        obs.load_state_dict(saved)
+    run = _SingleRun(atoms, protocol, start, path, stored, recorder, [FiniteCheck(), *checks], logfile, progress,
+                     list(observers))
     try:
         failure, stop_step = run.integrate()
     finally:
@@ -254,9 +266,10 @@ def run_md(
     if failure is not None:
         logger.info("run_md stopped at step %d (%.4f ps): %s: %s", stop_step,
                     stop_step * protocol.timestep_fs / 1000, failure.status, failure.message)
+    extra = {"observers": [getattr(o, "events", []) for o in observers]} if observers else None
     return recorder.result(protocol, "finished" if failure is None else failure.status, stop_step, len(atoms), seed,
                            None if path is None else str(path), "" if failure is None else failure.message,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, extra)
 
 
 @dataclass
@@ -268,6 +281,7 @@ class _Start:
     rng: np.random.Generator
     resuming: bool
     stored_failure: tuple[CheckFailure, int] | None = None
+    observer_states: list = field(default_factory=list)
 
 
 def _start(atoms: Atoms, path: Path | None, resume: bool, settings: dict, recorder: _Recorder, protocol: MDProtocol,
@@ -297,15 +311,16 @@ def _start(atoms: Atoms, path: Path | None, resume: bool, settings: dict, record
     stored = None
     if state["status"] in _TERMINAL:
         stored = (CheckFailure(state["status"], state["message"]), int(state["stop_step"]))
-    return _Start(step, rng, True, stored)
+    return _Start(step, rng, True, stored, list(state.get("observers", [])))
 
 
 class _SingleRun:
     """One ASE integrator on one structure, with its trajectory, sidecar, log file, checks and progress bar."""
 
     def __init__(self, atoms: Atoms, protocol: MDProtocol, start: _Start, path: Path | None, settings: dict,
-                 recorder: _Recorder, checks: list[Check], logfile, progress: bool):
+                 recorder: _Recorder, checks: list[Check], logfile, progress: bool, observers: list):
         self.atoms, self.protocol, self.start, self.path = atoms, protocol, start, path
+        self.observers = observers
         self.settings, self.recorder, self.checks = settings, recorder, checks
         dt = protocol.timestep_fs * units.fs
         if protocol.ensemble == "nvt":
@@ -331,6 +346,7 @@ class _SingleRun:
             "version": _STATE_VERSION, "settings": self.settings, "status": status, "message": message,
             "step": rec.steps[-1], "n_frames": len(rec.steps), "stop_step": stop_step,
             "rng_state": self.start.rng.bit_generator.state if self.protocol.ensemble == "nvt" else None,
+            "observers": [obs.state_dict() for obs in self.observers],
         })
 
     def log_frame(self, step: int, epot: float) -> None:
@@ -339,6 +355,8 @@ class _SingleRun:
             self.writer.write(self.atoms)
         if self.md_log is not None:
             self.md_log()
+        if any([obs(step, self.atoms) for obs in self.observers]):  # every observer sees the frame
+            self.atoms.calc.reset()  # new weights: the next step recomputes the forces
         self.save_state("running")
         self.bar.set_postfix(T=f"{self.recorder.temp[-1]:.0f} K", refresh=False)
 

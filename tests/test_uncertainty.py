@@ -57,3 +57,46 @@ def test_bad_input_is_refused(rng):
         model.structure_q(x, np.arange(39))
     with pytest.raises(ValueError, match="alpha must be in"):
         jackson_mudholkar_limit(np.ones(3), 1.5)
+
+
+def _shipped_q_calc(**kw):
+    from ttcalc import TTTCalculator
+
+    return TTTCalculator(model="md17-abu", compile=False, disagreement_every=0, **kw)
+
+
+@pytest.mark.parametrize("pbc", [False, True])
+def test_calculator_q_comes_from_its_own_forward_pass_and_matches_the_stored_pca(naphthalene, pbc):
+    """The dense kernel (molecule) and the flat graph (periodic box) give the Q of the model's
+    features under the checkpoint's PCA; the two headline values reach atoms.info."""
+    from ttcalc.diagnostics.collapse import atomic_representations
+
+    calc = _shipped_q_calc()
+    atoms = naphthalene.copy()
+    if pbc:
+        atoms.set_cell([30.0, 30.0, 30.0])
+        atoms.pbc = True
+    atoms.calc = calc
+    atoms.get_forces()
+    expected = calc.q_model.atom_q(atomic_representations(calc.model, [atoms]))
+    assert np.allclose(calc.results["q_residual_atoms"], expected, rtol=1e-4, atol=1e-7)
+    assert calc.results["q_residual"] == pytest.approx(expected.max(), rel=1e-4)
+    assert calc.results["q_residual_limit"] == pytest.approx(calc.q_model.structure_limit)
+    assert atoms.info["q_residual"] == calc.results["q_residual"]
+    assert atoms.info["q_residual_limit"] == calc.results["q_residual_limit"]
+
+
+def test_calculator_q_grows_with_a_distortion_and_can_be_switched_off(benzene):
+    calc = _shipped_q_calc()
+    atoms = benzene.copy()
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    q0 = calc.results["q_residual"]
+    atoms.positions = atoms.positions * 1.15  # every bond 15 % longer: far from any training frame
+    atoms.get_potential_energy()
+    assert calc.results["q_residual"] > 3 * q0
+    assert calc.results["q_residual"] > calc.results["q_residual_limit"]
+    off = _shipped_q_calc(q_residual=False)
+    atoms.calc = off
+    atoms.get_potential_energy()
+    assert "q_residual" not in off.results and off.q_model is None

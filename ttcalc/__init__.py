@@ -24,11 +24,12 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ttcalc.calculator import TTTCalculator
+    from ttcalc.calculator import MDLearner, TTTCalculator
     from ttcalc.model.potential import ModelConfig, MultiHeadPotential
 
 _LAZY = {
     "TTTCalculator": ("ttcalc.calculator", "TTTCalculator"),
+    "MDLearner": ("ttcalc.calculator", "MDLearner"),
     "MultiHeadPotential": ("ttcalc.model.potential", "MultiHeadPotential"),
     "ModelConfig": ("ttcalc.model.potential", "ModelConfig"),
     "load_model": ("ttcalc.model.potential", "load_model"),

@@ -23,10 +23,11 @@ from ase.calculators.calculator import Calculator, InputError, PropertyNotImplem
 
 from ttcalc.adapt import (AdaptationReport, AdaptationState, FinetuneLabelsConfig, TTTConfig, adapt, finetune,
                           refine_cutoff)
+from ttcalc.diagnostics.uncertainty import QResidual
 from ttcalc.model.batch import collate
 from ttcalc.model.compiled import FastEvaluator
 from ttcalc.model.graph import DENSE_MAX_ATOMS
-from ttcalc.model.potential import MultiHeadPotential, load_model, resolve_device, resolve_dtype
+from ttcalc.model.potential import MultiHeadPotential, load_model, resolve_device, resolve_dtype, restore, snapshot
 from ttcalc.model.pretrained import PRETRAINED, load_pretrained
 from ttcalc.priors import make_prior
 from ttcalc.priors.base import Prior
@@ -73,6 +74,11 @@ class TTTCalculator(Calculator):
         Laplacian eigenvalue distributions are compared, see :mod:`ttcalc.diagnostics.spectral`).
     disagreement_every: evaluate the prior every k-th calculation to report the main-vs-prior
         force disagreement (0 disables it; 1 = every call).
+    q_residual: report Q-residual uncertainty (Wong & Yang 2026; :mod:`ttcalc.diagnostics.uncertainty`)
+        from the features of the same forward pass, when the model stores its training PCA:
+        ``results["q_residual"]`` (the largest atom Q), ``results["q_residual_limit"]`` (the
+        training structures' α-quantile), ``results["q_residual_atoms"]`` and
+        ``results["q_residual_atom_limit"]`` (Jackson–Mudholkar); the first two also go to ``atoms.info``.
 
     A model with property heads (:class:`~ttcalc.model.heads.PropertyHead`) adds one property per head:
     ``calc.get_property("gap", atoms)``; asking for any of them also fills ``results["properties"]``.
@@ -83,7 +89,7 @@ class TTTCalculator(Calculator):
                  unseen_elements: Literal["warn", "raise"] = "warn", min_distance: float = 0.5,
                  ttt: TTTMode = "off", ttt_config=None, radius_refinement: bool = False,
                  radii: Sequence[float] | None = None, disagreement_every: int = 1, finetune_config=None,
-                 **kwargs):
+                 q_residual: bool = True, **kwargs):
         if ttt not in ("off", "auto", "always"):
             raise ValueError(f"ttt must be 'off', 'auto' or 'always', not {ttt!r}")
         if unseen_elements not in ("warn", "raise"):
@@ -106,8 +112,11 @@ class TTTCalculator(Calculator):
             unseen_elements=unseen_elements, min_distance=float(min_distance), ttt=ttt,
             radius_refinement=bool(radius_refinement),
             radii=None if radii is None else [float(r) for r in radii],
-            disagreement_every=int(disagreement_every), **kwargs,
+            disagreement_every=int(disagreement_every), q_residual=bool(q_residual), **kwargs,
         )
+        stored = self.model.stats.q_residual
+        self.q_model = QResidual.from_dict(stored) if (q_residual and stored) else None
+        self._q_limit = None if self.q_model is None else self.q_model.structure_limit  # a quantile: once
         self.implemented_properties = ["energy", "free_energy", "forces", "energies", "stress",
                                        *self.model.property_heads]
         self._evaluators: dict[tuple, FastEvaluator] = {}
@@ -154,6 +163,9 @@ class TTTCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a 3-D periodic cell")
         self._prepare_system(atoms)
         self.results = self._evaluate(atoms, stress="stress" in properties)
+        features = self.results.pop("features")
+        if self.q_model is not None:
+            self.results.update(self._q_residual(features))
         if any(p in self.model.property_heads for p in properties):
             self.results.update(self._properties(atoms))
         self._calls += 1
@@ -165,7 +177,7 @@ class TTTCalculator(Calculator):
         if self.last_adaptation is not None:
             self.results["ttt_summary"] = self.last_adaptation.summary()
         for target in (atoms, user_atoms):
-            for key in ("prior_force_disagreement", "ttt_summary"):
+            for key in ("prior_force_disagreement", "ttt_summary", "q_residual", "q_residual_limit"):
                 if target is not None and key in self.results:
                     target.info[key] = self.results[key]
 
@@ -179,18 +191,23 @@ class TTTCalculator(Calculator):
             e = float(energy[0])
             return {"energy": e, "free_energy": e,
                     "forces": forces[0].to(torch.float64).cpu().numpy(),
-                    "energies": e_atom[0].to(torch.float64).cpu().numpy()}
+                    "energies": e_atom[0].to(torch.float64).cpu().numpy(), "features": ev.features[0]}
         batch = collate([atoms], self.model.cutoff, dtype=self.torch_dtype, device=self.device)
         out = self.model(batch, heads=(head,), stress=stress)[head]
         e = float(out["energy"][0].detach())
         res = {"energy": e, "free_energy": e,
                "forces": out["forces"].detach().to(torch.float64).cpu().numpy(),
-               "energies": out["energies"].detach().to(torch.float64).cpu().numpy()}
+               "energies": out["energies"].detach().to(torch.float64).cpu().numpy(), "features": out["features"]}
         if stress:
             from ase.stress import full_3x3_to_voigt_6_stress
 
             res["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().double().cpu().numpy())
         return res
+
+    def _q_residual(self, features: torch.Tensor) -> dict:
+        q_atoms = self.q_model.atom_q(features.to(torch.float64).cpu().numpy())
+        return {"q_residual": float(q_atoms.max()), "q_residual_limit": self._q_limit,
+                "q_residual_atoms": q_atoms, "q_residual_atom_limit": self.q_model.atom_limit}
 
     def _properties(self, atoms: Atoms) -> dict:
         """Every property head's prediction: ``results[name]`` (a float, or an array for d > 1)
@@ -318,3 +335,47 @@ class TTTCalculator(Calculator):
         self.last_adaptation = None
         self._system = None
         self.reset()
+
+
+class MDLearner:
+    """A :class:`md_protocols.online.Learner` for learning during MD with a :class:`TTTCalculator`
+    (Wong & Yang 2026): every update fits all frames given so far, ``mode="finetune"`` on their
+    reference labels (:meth:`TTTCalculator.finetune`, continuing from the current weights) or
+    ``mode="adapt"`` by test-time training on the calculator's prior (:meth:`TTTCalculator.adapt`,
+    label-free). ``overrides`` go to every call; Q-residuals are the uncertainty."""
+
+    def __init__(self, calc: TTTCalculator, mode: Literal["finetune", "adapt"] = "finetune", **overrides):
+        if mode not in ("finetune", "adapt"):
+            raise ValueError(f"mode must be 'finetune' or 'adapt', not {mode!r}")
+        if mode == "adapt" and calc.prior is None:
+            raise ValueError("mode='adapt' (label-free TTT) needs a calculator with a prior")
+        self.calc, self.mode, self.overrides = calc, mode, overrides
+        self.frames: list[Atoms] = []
+
+    def update(self, frames: list[Atoms]) -> dict:
+        self.frames = self.frames + list(frames)
+        if self.mode == "finetune":
+            report = self.calc.finetune(self.frames, **self.overrides)
+        else:
+            report = self.calc.adapt(self.frames, force=True, **self.overrides)
+        return report.summary()
+
+    def get_state(self) -> dict:
+        a = self.calc.adaptation
+        return {"weights": snapshot(self.calc.model, a.names), "frames": list(self.frames),
+                "adaptation": copy.deepcopy((a.cache, a.reports, a.ran, a.current)),
+                "last": self.calc.last_adaptation}
+
+    def set_state(self, state: dict) -> None:
+        a = self.calc.adaptation
+        restore(self.calc.model, state["weights"])
+        self.frames = list(state["frames"])
+        a.cache, a.reports, a.ran, a.current = copy.deepcopy(state["adaptation"])
+        self.calc.last_adaptation = state["last"]
+        self.calc.reset()
+
+    def uncertainty(self, atoms: Atoms) -> tuple[float, float]:
+        results = self.calc.results
+        if "q_residual" not in results:
+            raise ValueError("the calculator reports no Q-residual (a model without a stored PCA, or q_residual=False)")
+        return float(results["q_residual"]), float(results["q_residual_limit"])

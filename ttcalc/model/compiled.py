@@ -48,6 +48,8 @@ class FastEvaluator:
     ``cpp_wrapper=True`` (default) compiles with inductor's C++ wrapper: the compiled graph launches
     its kernels from C++ instead of Python, which saves a fixed part of every call (measured in
     ``benchmarks/md_speed.py``). Results are unchanged; ``cpp_wrapper=False`` gives the Python wrapper.
+    ``features`` holds the per-atom representation (B, N, F) of the last call, an output of the same
+    graph (what Q-residual uncertainty reads).
     """
 
     def __init__(self, model, numbers: np.ndarray, head: str = "main", replicas: int = 1,
@@ -66,6 +68,7 @@ class FastEvaluator:
         self.compile_seconds = 0.0
         self.tolerance = tolerance if tolerance is not None else (1e-4 if model.dtype == torch.float32 else 1e-9)
         self.compiled = False
+        self.features: Tensor | None = None
         self._fn = self._per_atom_energy
         if compile:
             self._fn = torch.compile(self._own_code(), backend=self._backend, dynamic=False)
@@ -90,9 +93,9 @@ class FastEvaluator:
         private = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
         return types.MethodType(private, self)
 
-    def _per_atom_energy(self, pos: Tensor) -> Tensor:
+    def _per_atom_energy(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         x = tensornet_features_dense(self.model.representation.net, self._z, pos, self._mask)
-        return self.model.heads[self.head](x, self._z)
+        return self.model.heads[self.head](x, self._z), x
 
     def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(energy (B,), per-atom energies (B, N), forces (B, N, 3)) for positions (B, N, 3)."""
@@ -100,13 +103,14 @@ class FastEvaluator:
         t0 = time.perf_counter()
         n_before = self.n_compiles
         with torch.enable_grad(), quiet_inductor():  # the backward graph compiles lazily here
-            e_atom = self._fn(pos)
+            e_atom, features = self._fn(pos)
             energy = e_atom.sum(-1)
             (grad,) = torch.autograd.grad(energy.sum(), pos)
         if self.n_compiles != n_before:
             self.compile_seconds += time.perf_counter() - t0
             log.info("compiled the dense kernel for %d atoms x %d replicas in %.1f s",
                      pos.shape[1], pos.shape[0], time.perf_counter() - t0)
+        self.features = features.detach()
         return energy.detach(), e_atom.detach(), -grad
 
     def check(self, positions: Tensor) -> float:

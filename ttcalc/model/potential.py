@@ -261,7 +261,8 @@ class MultiHeadPotential(nn.Module):
     def forward(self, batch: Batch, heads: Sequence[str] = ("main",), forces: bool = True,
                 stress: bool = False, create_graph: bool = False) -> dict[str, dict[str, Tensor]]:
         """Predict with each named head: ``{"energy": (B,), "energies": (n,), "forces": (n, 3),
-        "stress": (B, 3, 3)}`` in eV, eV/Å and eV/Å³ (ASE sign convention)."""
+        "stress": (B, 3, 3)}`` in eV, eV/Å and eV/Å³ (ASE sign convention), and the per-atom
+        representation the heads read, ``"features"`` (n, F), detached."""
         for h in heads:
             if h not in self.heads:
                 raise KeyError(f"model has no head {h!r}; it has {list(self.heads)}")
@@ -281,7 +282,7 @@ class MultiHeadPotential(nn.Module):
             for k, h in enumerate(heads):
                 e_atom = self.heads[h](x, batch.z)
                 energy = segment_sum(e_atom, batch.batch, batch.n_structures)
-                res = {"energy": energy, "energies": e_atom}
+                res = {"energy": energy, "energies": e_atom, "features": x.detach()}
                 if need_grad:
                     inputs = [pos] + ([strain] if stress else [])
                     retain = create_graph or k < len(heads) - 1
