@@ -91,8 +91,10 @@ def scratch_model(frames) -> MultiHeadPotential:
     return model
 
 
-def run_pipeline(name: str, model_path: str, frames, test, finetune_overrides: dict) -> dict:
-    """Score one pipeline on ``test``; the sGDML fit counts towards the pipelines that use it."""
+def run_pipeline(name: str, model_path: str, frames, test, finetune_overrides: dict,
+                 save_as: Path | None = None) -> dict:
+    """Score one pipeline on ``test``; the sGDML fit counts towards the pipelines that use it.
+    ``save_as``: where the adapted model goes (pipelines with a model), e.g. for MD afterwards."""
     t0 = time.perf_counter()
     prior = SGDMLPrior.from_frames(frames, n_train=len(frames), cache=False) if name in ("prior", "ttt", "ttt+finetune") else None
     if name == "prior":
@@ -105,6 +107,8 @@ def run_pipeline(name: str, model_path: str, frames, test, finetune_overrides: d
         if name in ("scratch", "finetune", "ttt+finetune"):
             calc.finetune(frames, **finetune_overrides)
     seconds = time.perf_counter() - t0
+    if save_as is not None and name != "prior":
+        calc.model.save(save_as, metadata={"few_shot": {"pipeline": name, "n_frames": len(frames)}})
     errors = evaluate_calculator(calc, test)
     return {"force_mae_meV_A": errors["force_mae_meV_A"], "energy_mae_offset_meV": errors["energy_mae_offset_meV"],
             "seconds": seconds}
@@ -133,6 +137,8 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="naphthalene, 1 draw, 40 test frames, 30 steps")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="calc.finetune settings for the pipelines that fine-tune (e.g. max_steps=1000)")
+    p.add_argument("--save-models", default=None, help="folder for the adapted models "
+                   "(<molecule>-<n>-draw<k>-<pipeline>.pt)")
     p.add_argument("--out", default=None, help="JSON output (default results/few_shot/results.json; "
                    "quick.json with --quick)")
     args = p.parse_args(argv)
@@ -147,7 +153,9 @@ def main(argv=None) -> dict:
             for draw in range(args.first_draw, args.first_draw + args.draws):
                 frames, test = labelled_and_test(mol, n, draw, args.n_test)
                 for name in args.pipelines:
-                    res = run_pipeline(name, args.model, frames, test, overrides)
+                    save = None if args.save_models is None else \
+                        Path(args.save_models) / f"{mol}-{n}-draw{draw}-{name}.pt"
+                    res = run_pipeline(name, args.model, frames, test, overrides, save)
                     rows.append({"molecule": mol, "n_frames": n, "draw": draw, "pipeline": name, **res})
                     print(json.dumps(rows[-1]), flush=True)
                     result = summarise(args, overrides, rows)
