@@ -25,6 +25,17 @@ def test_q_separates_in_subspace_from_off_subspace_points(rng):
     assert np.median(model.atom_q(outside)) == pytest.approx(1.0, abs=0.1)
 
 
+def test_q_is_zero_for_points_rebuilt_from_the_mean_and_kept_components_and_grows_with_a_shift(rng):
+    x, basis = _data(rng)
+    model = fit_q_residual(x, np.repeat(np.arange(len(x) // 8), 8), variance=0.99)
+    rebuilt = model.mean + rng.normal(size=(50, model.k)) @ model.loadings.T
+    assert np.allclose(model.atom_q(rebuilt), 0.0, atol=1e-20)
+    off = basis[:, 7] - model.loadings @ (model.loadings.T @ basis[:, 7])
+    off /= np.linalg.norm(off)
+    q = [model.atom_q(rebuilt + t * off).mean() for t in (0.1, 0.2, 0.4)]
+    assert q == pytest.approx([0.01, 0.04, 0.16], rel=1e-9)  # Q = t² for a unit shift off the subspace
+
+
 def test_jackson_mudholkar_limit_flags_about_one_minus_alpha_of_gaussian_training_atoms(rng):
     x, _ = _data(rng, n=20000)
     model = fit_q_residual(x, np.arange(len(x)), alpha=0.95)
