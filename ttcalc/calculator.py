@@ -116,7 +116,6 @@ class TTTCalculator(Calculator):
         )
         stored = self.model.stats.q_residual
         self.q_model = QResidual.from_dict(stored) if (q_residual and stored) else None
-        self._q_limit = None if self.q_model is None else self.q_model.structure_limit  # a quantile: once
         self.implemented_properties = ["energy", "free_energy", "forces", "energies", "stress",
                                        *self.model.property_heads]
         self._evaluators: dict[tuple, FastEvaluator] = {}
@@ -206,7 +205,7 @@ class TTTCalculator(Calculator):
 
     def _q_residual(self, features: torch.Tensor) -> dict:
         q_atoms = self.q_model.atom_q(features.to(torch.float64).cpu().numpy())
-        return {"q_residual": float(q_atoms.max()), "q_residual_limit": self._q_limit,
+        return {"q_residual": float(q_atoms.max()), "q_residual_limit": self.q_model.structure_limit,
                 "q_residual_atoms": q_atoms, "q_residual_atom_limit": self.q_model.atom_limit}
 
     def _properties(self, atoms: Atoms) -> dict:

@@ -19,6 +19,7 @@ a model's features of the frames it is given) is NumPy on feature arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.stats import norm
@@ -54,9 +55,10 @@ class QResidual:
     def k(self) -> int:
         return int(self.loadings.shape[1])
 
-    @property
+    @cached_property
     def structure_limit(self) -> float:
-        """The empirical α-quantile of the training structures' Q."""
+        """The empirical α-quantile of the training structures' Q (computed once: it is read on
+        every calculator call)."""
         return float(np.quantile(self.train_structure_q, self.alpha))
 
     def atom_q(self, features: np.ndarray) -> np.ndarray:
