@@ -134,6 +134,16 @@ def test_pyscf_calculator_forces_are_energy_gradients():
     assert forces[1, 2] < 0  # 0.8 Å is stretched: the bond pulls back
 
 
+@pytest.mark.skipif(not HAS_PYSCF, reason="pyscf (optional extra ttcalc[dft]) is not installed")
+def test_pyscf_density_fitting_keeps_the_forces_and_changes_the_fingerprint():
+    from ttcalc.priors import CalculatorPrior
+
+    water = Atoms("OH2", positions=[[0, 0, 0.12], [0, 0.76, -0.47], [0, -0.76, -0.45]])
+    exact, fitted = pyscf_calculator(), pyscf_calculator(density_fit=True)
+    np.testing.assert_allclose(fitted.get_forces(water), exact.get_forces(water), atol=5e-3)  # eV/Å
+    assert CalculatorPrior(exact).fingerprint() != CalculatorPrior(fitted).fingerprint()
+
+
 def test_pyscf_calculator_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyscf", None)
     with pytest.raises(ImportError, match=r"pip install ttcalc\[dft\]"):
