@@ -52,6 +52,37 @@ def test_stopped_and_resumed_stage_equals_uninterrupted_run(benzene_frames, tmp_
     assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), again.parameters()))
 
 
+def _run_multitask(frames, state_path=None, resume=False, stop=None):
+    from ttcalc.train import force_field_task, train_multitask
+
+    torch.manual_seed(0)
+    model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=16, num_layers=1, num_rbf=8),
+                                           heads=("main", "prior")))
+    # two heads on different frames, as multi-level pretraining has them; the second one cycles
+    tasks = [force_field_task("main", frames[:24], "main", batch_size=8),
+             force_field_task("prior", frames[24:34], "prior", batch_size=4)]
+    val = [force_field_task("main", frames[40:48], "main"), force_field_task("prior", frames[48:52], "prior")]
+    cfg = StageConfig(max_epochs=3, lr=3e-3, patience=10, lr_patience=1)
+    result = train_multitask(model, tasks, val, ["representation", "main", "prior"], cfg, name="m",
+                             progress=False, state_path=state_path, resume=resume, stop=stop)
+    return model, result
+
+
+@pytest.mark.parametrize("stop_at", [2, 4])  # mid-epoch, and at the end of the second epoch (3 per epoch)
+def test_stopped_and_resumed_multitask_equals_uninterrupted_run(benzene_frames, tmp_path, stop_at):
+    torch.set_num_threads(1)
+    reference, ref_result = _run_multitask(benzene_frames)
+    state = tmp_path / "m.state.pt"
+    with pytest.raises(TrainingInterrupted):
+        _run_multitask(benzene_frames, state, stop=StopSignal(after_batches=stop_at))
+    assert read_stage_state(state)["streams"][0]["next"] > 0
+    resumed, result = _run_multitask(benzene_frames, state, resume=True)
+    for (n, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert [h["val_loss"] for h in result.history] == [h["val_loss"] for h in ref_result.history]
+    assert result.best_val_loss < read_stage_state(state)["monitor"]["initial_val"]  # it learned something
+
+
 def test_bad_state_file_and_bad_ema_are_refused(tmp_path, benzene_frames):
     bad = tmp_path / "x.pt"
     torch.save({"format": "something-else"}, bad)

@@ -11,9 +11,10 @@ task, the others cycle through their own size-bucketed batches. This one loop se
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +24,12 @@ from ttcalc.model.batch import collate
 from ttcalc.train.losses import LossWeights, energy_force_loss
 from ttcalc.model.potential import MultiHeadPotential
 from ttcalc.train.config import StageConfig
-from ttcalc.train.trainer import (StageMonitor, StageResult, Targets, _label_tensors, make_stage_optimizer, optimizer_step,
-                      size_bucketed_batches)
+from ttcalc.model.checkpoint import atomic_torch_save
+from ttcalc.train.trainer import (StageMonitor, StageResult, StopSignal, Targets, EpochPosition, _label_tensors,
+                                  load_stage_state, stage_state, make_stage_optimizer, optimizer_step, run_epochs,
+                                  saved_outcome, size_bucketed_batches)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,10 +74,6 @@ class Task:
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         return size_bucketed_batches(self.sizes, self.batch_size, rng)
-
-    def cycle(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
-        while True:
-            yield from self.batches(rng)
 
     def mean_loss(self, model: MultiHeadPotential, batch_size: int = 64) -> float:
         """Frame-weighted mean loss over all frames (no parameter gradients)."""
@@ -124,42 +125,94 @@ def property_task(name: str, frames: Sequence[Atoms], values: np.ndarray, head: 
     return task
 
 
+class TaskStream:
+    """Endless size-bucketed batches of one task, drawn with the stream's own generator; its state
+    (generator, current cycle, position) is saved with a stage so a resumed run sees the same batches."""
+
+    def __init__(self, task: Task, rng: np.random.Generator):
+        self.task, self.rng = task, rng
+        self.batches: list[np.ndarray] = []
+        self.next = 0
+
+    def __next__(self) -> np.ndarray:
+        if self.next >= len(self.batches):
+            self.batches, self.next = self.task.batches(self.rng), 0
+        self.next += 1
+        return self.batches[self.next - 1]
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "batches": self.batches, "next": self.next}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.batches, self.next = list(state["batches"]), int(state["next"])
+
+
 def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks: Sequence[Task],
                     groups: Sequence[str], cfg: StageConfig, name: str = "multitask",
                     log_path: str | Path | None = None, checkpoint_path: str | Path | None = None,
-                    seed: int = 0, progress: bool = True) -> StageResult:
+                    seed: int = 0, progress: bool = True, state_path: str | Path | None = None,
+                    resume: bool = False, stop: StopSignal | None = None, release: bool = False) -> StageResult:
     """Minimise Σ_t w_t L_t over parameter ``groups``; model selection on Σ_t w_t L_t(val_t).
 
-    The epoch length is the number of batches of ``tasks[0]``. Adam, plateau LR schedule and the
-    stop rules of :class:`StageConfig`; the best validation weights are restored at the end.
+    The epoch length is the number of batches of ``tasks[0]``; task t > 0 draws from its own
+    :class:`TaskStream` (seeded by ``(seed, t)``). Adam, plateau LR schedule and the stop rules of
+    :class:`StageConfig`; the best validation weights are restored at the end. ``state_path`` and
+    ``resume`` work as in :func:`~ttcalc.train.trainer.train_stage`: the whole state is saved every
+    ``cfg.checkpoint_minutes``, on SIGTERM/SIGINT and at the end, and a resumed stage takes the same
+    batches as an uninterrupted one. ``release=True`` trains nothing: it puts the best weights of the
+    saved, unfinished stage into ``model``.
     """
     if not tasks:
         raise ValueError("train_multitask needs at least one task")
+    state_path = Path(state_path) if state_path is not None else None
+    saved, done = saved_outcome(model, state_path, resume, release, name)
+    if done is not None:
+        return done
     params, opt, sched = make_stage_optimizer(model, groups, cfg, name)
     rng = np.random.default_rng(seed)
-    streams = [t.cycle(rng) for t in tasks[1:]]
+    streams = [TaskStream(t, np.random.default_rng([seed, k])) for k, t in enumerate(tasks) if k > 0]
 
     def evaluate() -> dict[str, float]:
         parts = {t.name: t.mean_loss(model) for t in val_tasks}
         parts["total"] = sum(t.weight * parts[t.name] for t in val_tasks)
         return parts
 
-    monitor = StageMonitor(model, cfg, name, evaluate()["total"], [f"val_{t.name}" for t in val_tasks],
+    pos = EpochPosition()
+    if saved is not None:
+        pos = load_stage_state(saved, model, opt, sched, None, rng)
+        for stream, state in zip(streams, saved["streams"]):
+            stream.load_state_dict(state)
+        log.info("%s: resuming at epoch %d, batch %d from %s", name, pos.epoch, pos.next_batch, state_path)
+    initial = saved["monitor"]["initial_val"] if saved is not None else evaluate()["total"]
+    monitor = StageMonitor(model, cfg, name, initial, [f"val_{t.name}" for t in val_tasks],
                            log_path, checkpoint_path, progress)
-    with monitor:
-        for epoch in range(1, cfg.max_epochs + 1):
-            running, batches = 0.0, tasks[0].batches(rng)
-            for idx in batches:
-                lr_ratio = opt.param_groups[0]["lr"] / cfg.lr
-                opt.zero_grad(set_to_none=True)
-                loss = tasks[0].weight * tasks[0].loss(model, idx, lr_ratio)
-                for task, stream in zip(tasks[1:], streams):
-                    loss = loss + task.weight * task.loss(model, next(stream), lr_ratio)
-                optimizer_step(loss, opt, params, cfg.grad_clip, name, epoch)
-                running += float(loss.detach())
-            val = evaluate()
-            sched.step(val["total"])
-            if monitor.end_epoch(epoch, opt.param_groups[0]["lr"], running / len(batches), val["total"],
-                                 [val[t.name] for t in val_tasks]):
-                break
-    return monitor.result()
+    stop = stop or StopSignal()
+
+    def save(done: bool = False, result: dict | None = None) -> None:
+        if state_path is not None:
+            state = stage_state(model, opt, sched, None, rng, monitor, None if done else pos, done, result)
+            atomic_torch_save({**state, "streams": [s.state_dict() for s in streams]}, state_path)
+
+    def train_batch(idx: np.ndarray, epoch: int) -> float:
+        lr_ratio = opt.param_groups[0]["lr"] / cfg.lr
+        opt.zero_grad(set_to_none=True)
+        loss = tasks[0].weight * tasks[0].loss(model, idx, lr_ratio)
+        for task, stream in zip(tasks[1:], streams):
+            loss = loss + task.weight * task.loss(model, next(stream), lr_ratio)
+        optimizer_step(loss, opt, params, cfg.grad_clip, name, epoch)
+        return float(loss.detach())
+
+    def end_epoch(epoch: int, train_loss: float) -> bool:
+        val = evaluate()
+        sched.step(val["total"])
+        return monitor.end_epoch(epoch, opt.param_groups[0]["lr"], train_loss, val["total"],
+                                 [val[t.name] for t in val_tasks])
+
+    with monitor, stop:
+        if saved is not None:
+            monitor.load_state_dict(saved["monitor"])
+        run_epochs(pos, cfg, stop, save, name, state_path, lambda: tasks[0].batches(rng), train_batch, end_epoch)
+        result = monitor.result()
+    save(done=True, result=asdict(result))
+    return result

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -351,7 +351,7 @@ def use_compiled_step(cfg: StageConfig, n_frames: int) -> bool:
 
 
 @dataclass
-class _EpochPosition:
+class EpochPosition:
     """Where a stage is inside its epochs: the current epoch's batches and how many are done."""
 
     epoch: int = 1
@@ -360,7 +360,7 @@ class _EpochPosition:
     running: float = 0.0
 
 
-def _stage_state(model, opt, sched, ema, rng, monitor, pos, done=False, result=None) -> dict:
+def stage_state(model, opt, sched, ema, rng, monitor, pos, done=False, result=None) -> dict:
     return {"format": "ttcalc-stage-state", "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "optimiser": opt.state_dict(), "scheduler": sched.state_dict(),
             "ema": None if ema is None else ema.average, "np_rng": rng.bit_generator.state,
@@ -368,8 +368,8 @@ def _stage_state(model, opt, sched, ema, rng, monitor, pos, done=False, result=N
             "position": vars(pos) if pos else None, "done": done, "result": result}
 
 
-def _load_stage_state(saved: dict, model, opt, sched, ema, rng) -> _EpochPosition:
-    """Put a saved stage state back (the inverse of :func:`_stage_state`, bar the monitor)."""
+def load_stage_state(saved: dict, model, opt, sched, ema, rng) -> EpochPosition:
+    """Put a saved stage state back (the inverse of :func:`stage_state`, bar the monitor)."""
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimiser"])
     sched.load_state_dict(saved["scheduler"])
@@ -377,7 +377,7 @@ def _load_stage_state(saved: dict, model, opt, sched, ema, rng) -> _EpochPositio
         ema.average = {n: saved["ema"][n].clone() for n in ema.params}
     rng.bit_generator.state = saved["np_rng"]
     torch.set_rng_state(saved["torch_rng"])
-    return _EpochPosition(**saved["position"])
+    return EpochPosition(**saved["position"])
 
 
 def _released(model: MultiHeadPotential, saved: dict | None, name: str, state_path) -> StageResult:
@@ -432,6 +432,52 @@ def _train_batch(whole: np.ndarray, frames: Sequence[Atoms], targets: dict[str, 
     return float(loss.detach())
 
 
+def saved_outcome(model: MultiHeadPotential, state_path: Path | None, resume: bool, release: bool,
+                  name: str) -> tuple[dict | None, StageResult | None]:
+    """The saved state a stage starts from (``resume``/``release`` and a state file) and, when
+    nothing is left to train (a finished stage, or ``release``), the result to return at once."""
+    saved = read_stage_state(state_path) if (resume or release) and state_path and state_path.exists() else None
+    if saved is not None and saved["done"]:
+        model.load_state_dict(saved["model"])
+        model.requires_grad_(False)
+        log.info("%s: already finished in %s", name, state_path)
+        return saved, StageResult(**saved["result"])
+    if release:
+        return saved, _released(model, saved, name, state_path)
+    return saved, None
+
+
+def run_epochs(pos: EpochPosition, cfg: StageConfig, stop: StopSignal, save: Callable[[], None],
+               name: str, state_path: Path | None, new_epoch: Callable[[], list],
+               train_batch: Callable[[object, int], float], end_epoch: Callable[[int, float], bool]) -> None:
+    """The resumable epoch loop every stage shares.
+
+    ``new_epoch()`` gives an epoch's batches, ``train_batch(batch, epoch)`` takes one optimiser step
+    and returns its loss, ``end_epoch(epoch, mean_train_loss)`` validates and says whether to stop.
+    ``pos`` (updated in place) is where a saved state resumes; ``save()`` is called every
+    ``cfg.checkpoint_minutes`` and when ``stop`` is requested, which then raises
+    :class:`TrainingInterrupted`.
+    """
+    last_save, n_done = time.monotonic(), 0
+    while pos.epoch <= cfg.max_epochs:
+        if pos.batches is None:
+            pos.batches, pos.next_batch, pos.running = new_epoch(), 0, 0.0
+        while pos.next_batch < len(pos.batches):
+            pos.running += train_batch(pos.batches[pos.next_batch], pos.epoch)
+            pos.next_batch += 1
+            n_done += 1
+            stop.after_batch(n_done)
+            if stop.requested or time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                save()
+                last_save = time.monotonic()
+                if stop.requested:
+                    raise TrainingInterrupted(name, state_path)
+        finished = end_epoch(pos.epoch, pos.running / len(pos.batches))
+        pos.epoch, pos.batches, pos.next_batch, pos.running = pos.epoch + 1, None, 0, 0.0
+        if finished:
+            return
+
+
 def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_targets: dict[str, Targets],
                 val_frames: Sequence[Atoms], val_targets: dict[str, Targets], groups: Sequence[str],
                 cfg: StageConfig, head_weights: dict[str, float] | None = None, name: str = "stage",
@@ -452,14 +498,9 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     head_weights = head_weights or {h: 1.0 for h in train_targets}
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
     state_path = Path(state_path) if state_path is not None else None
-    saved = read_stage_state(state_path) if (resume or release) and state_path and state_path.exists() else None
-    if saved is not None and saved["done"]:
-        model.load_state_dict(saved["model"])
-        model.requires_grad_(False)
-        log.info("%s: already finished in %s", name, state_path)
-        return StageResult(**saved["result"])
-    if release:
-        return _released(model, saved, name, state_path)
+    saved, done = saved_outcome(model, state_path, resume, release, name)
+    if done is not None:
+        return done
     params, opt, sched = make_stage_optimizer(model, groups, cfg, name)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     ema = ParameterEMA(trainable, cfg.ema_decay) if cfg.ema_decay else None
@@ -471,9 +512,9 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     def evaluate() -> dict:
         return evaluate_loss(model, val_frames, val_targets, head_weights, weights)
 
-    pos = _EpochPosition()
+    pos = EpochPosition()
     if saved is not None:
-        pos = _load_stage_state(saved, model, opt, sched, ema, rng)
+        pos = load_stage_state(saved, model, opt, sched, ema, rng)
         initial = saved["monitor"]["initial_val"]
         log.info("%s: resuming at epoch %d, batch %d from %s", name, pos.epoch, pos.next_batch, state_path)
     else:
@@ -487,39 +528,27 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
 
     def save(done: bool = False, result: dict | None = None) -> None:
         if state_path is not None and rank == 0:
-            atomic_torch_save(_stage_state(model, opt, sched, ema, rng, monitor, pos, done, result), state_path)
+            atomic_torch_save(stage_state(model, opt, sched, ema, rng, monitor, None if done else pos, done,
+                                           result), state_path)
+
+    def train_batch(whole: np.ndarray, epoch: int) -> float:
+        return _train_batch(whole, train_frames, train_targets, step, opt, params, ema, cfg, head_weights,
+                            weights, name, epoch)
+
+    def end_epoch(epoch: int, train_loss: float) -> bool:
+        with averaged():
+            val = evaluate()
+            sched.step(val["total"])
+            return monitor.end_epoch(epoch, opt.param_groups[0]["lr"], train_loss, val["total"],
+                                     [val[h] for h in val_targets]
+                                     + [val[f"{h}_force_mae_meV"] for h in val_targets])
 
     with monitor, stop, quiet_inductor():  # the compiled step's backward lowers inside the loop
         if saved is not None:
             monitor.load_state_dict(saved["monitor"])
-        last_save, n_done = time.monotonic(), 0
-        while pos.epoch <= cfg.max_epochs:
-            if pos.batches is None:
-                pos.batches, pos.next_batch, pos.running = epoch_batches(sizes, cfg, rng), 0, 0.0
-            while pos.next_batch < len(pos.batches):
-                loss = _train_batch(pos.batches[pos.next_batch], train_frames, train_targets, step, opt, params,
-                                    ema, cfg, head_weights, weights, name, pos.epoch)
-                pos.running += loss
-                pos.next_batch += 1
-                n_done += 1
-                stop.after_batch(n_done)
-                if stop.requested or time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
-                    save()
-                    last_save = time.monotonic()
-                    if stop.requested:
-                        raise TrainingInterrupted(name, state_path)
-            with averaged():
-                val = evaluate()
-                sched.step(val["total"])
-                finished = monitor.end_epoch(pos.epoch, opt.param_groups[0]["lr"],
-                                             pos.running / len(pos.batches), val["total"],
-                                             [val[h] for h in val_targets]
-                                             + [val[f"{h}_force_mae_meV"] for h in val_targets])
-            pos = _EpochPosition(epoch=pos.epoch + 1)
-            if finished:
-                break
+        run_epochs(pos, cfg, stop, save, name, state_path, lambda: epoch_batches(sizes, cfg, rng), train_batch,
+                   end_epoch)
         result = monitor.result()
-    pos = None
     save(done=True, result=asdict(result))
     return result
 
