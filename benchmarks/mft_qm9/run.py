@@ -13,6 +13,8 @@ The MFT auxiliary task is the GFN2-xTB part of the pretraining corpus (displaced
 Every finished run is written to results/runs/ at once, and a re-run skips it (resumable).
 
 Regenerate:  python benchmarks/mft_qm9/run.py
+With λ_reg and the auxiliary batch chosen on ID validation by scan.py:
+             python benchmarks/mft_qm9/run.py --settings-from results/v2/scan_gap.json ...
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from corpus import CorpusConfig, qm9_xtb_frames
+from md_protocols.files import atomic_write
 from ttcalc import load_model
 from ttcalc.diagnostics.collapse import atom_classes, atomic_representations, davies_bouldin, tsne_2d, wasserstein_1
 from ttcalc.data.boom import boom_split
@@ -70,22 +73,60 @@ def diagnostics(model, reference: dict, atoms: dict, tsne: bool) -> dict:
     return res
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def benchmark_split(values: np.ndarray, n_train: int):
+    """The BOOM split every script here uses: 10,000 OOD molecules, 5 % ID test, 10 % of the
+    ``n_train`` subsample for validation."""
+    return boom_split(values, n_ood=10_000, id_test_fraction=0.05, val_fraction=0.1, seed=0, n_train=n_train)
+
+
+def task_data(qm9, prop: str, n_train: int, n_eval: int) -> tuple:
+    """The BOOM split of ``prop`` and its frames and labels: train and val (from ``n_train``
+    molecules of the train pool), and fixed random subsets of ``n_eval`` ID-test and OOD molecules."""
+    values = qm9.property(prop)
+    split = benchmark_split(values, n_train)
+    idx = {k: getattr(split, k) for k in ("train", "val", "id_test", "ood")}
+    rng = np.random.default_rng(1)
+    for k in ("id_test", "ood"):
+        if n_eval and len(idx[k]) > n_eval:
+            idx[k] = np.sort(rng.choice(idx[k], n_eval, replace=False))
+    return split, idx, {k: qm9.molecules(v) for k, v in idx.items()}, {k: values[v] for k, v in idx.items()}
+
+
+def finetune_settings(regime: str, seed: int, args) -> FinetuneConfig:
+    """One run's settings: the same stage for every regime (the epoch budget is the comparison)."""
+    stage = StageConfig(lr=5e-4, batch_size=32, max_epochs=args.epochs, max_minutes=args.minutes,
+                        patience=6, lr_patience=2, lr_factor=0.5)
+    return FinetuneConfig(regime=regime, stage=stage, lambda_reg=args.lambda_reg, ff_head="gfn2",
+                          ff_batch_size=args.ff_batch_size, seed=seed)
+
+
+def add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared with scan.py: the backbone, the data and the per-run budget."""
     p.add_argument("--backbone", default=str(HERE / "results" / "backbone.pt"))
-    p.add_argument("--properties", nargs="+", default=["gap"])
-    p.add_argument("--regimes", nargs="+", default=list(REGIMES))
-    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--n-train", type=int, default=3000, help="train + val molecules drawn from the BOOM pool")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--minutes", type=float, default=5.0, help="time budget per run")
     p.add_argument("--lambda-reg", type=float, default=1.0)
+    p.add_argument("--ff-batch-size", type=int, default=16, help="force-field frames per property batch (MFT)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_budget_arguments(p)
+    p.add_argument("--properties", nargs="+", default=["gap"])
+    p.add_argument("--regimes", nargs="+", default=list(REGIMES))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--settings-from", default=None,
+                   help="a scan.py result: take its chosen --lambda-reg and --ff-batch-size")
     p.add_argument("--n-diag", type=int, default=300, help="molecules per set for the diagnostics")
     p.add_argument("--n-eval", type=int, default=2000,
                    help="ID-test and OOD molecules evaluated (fixed random subset; 0 = all)")
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.settings_from:
+        chosen = json.loads(Path(args.settings_from).read_text())["choice"]
+        args.lambda_reg, args.ff_batch_size = chosen["lambda_reg"], chosen["ff_batch_size"]
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     backbone = load_model(args.backbone)
@@ -93,16 +134,7 @@ def main() -> None:
     ff_train, _ = split_frames(qm9_xtb_frames(CorpusConfig(), progress=False), (0.95, 0.05), seed=0)
     summary = {"settings": vars(args), "properties": {}}
     for prop in args.properties:
-        values = qm9.property(prop)
-        split = boom_split(values, n_ood=10_000, id_test_fraction=0.05, val_fraction=0.1, seed=0,
-                           n_train=args.n_train)
-        idx = {k: getattr(split, k) for k in ("train", "val", "id_test", "ood")}
-        rng = np.random.default_rng(1)
-        for k in ("id_test", "ood"):
-            if args.n_eval and len(idx[k]) > args.n_eval:
-                idx[k] = np.sort(rng.choice(idx[k], args.n_eval, replace=False))
-        frames = {k: qm9.molecules(v) for k, v in idx.items()}
-        y = {k: values[v] for k, v in idx.items()}
+        split, idx, frames, y = task_data(qm9, prop, args.n_train, args.n_eval)
         atoms = diagnostic_atoms(qm9, split, args.n_diag)
         reference = {}
         for name, (fr, labels) in atoms.items():
@@ -123,10 +155,7 @@ def main() -> None:
                     log.info("%s exists, skipped", path.name)
                     continue
                 t0 = time.perf_counter()
-                stage = StageConfig(lr=5e-4, batch_size=32, max_epochs=args.epochs, max_minutes=args.minutes,
-                                    patience=6, lr_patience=2, lr_factor=0.5)
-                cfg = FinetuneConfig(regime=regime, stage=stage, lambda_reg=args.lambda_reg, ff_head="gfn2",
-                                     ff_batch_size=16, seed=seed)
+                cfg = finetune_settings(regime, seed, args)
                 head = PropertyHeadConfig(prop, reduce="mean", unit=unit if unit == "eV" else "")
                 model, result = finetune_property(backbone, head, frames["train"], y["train"], frames["val"],
                                                   y["val"], cfg, ff_frames=ff_train,
@@ -140,7 +169,8 @@ def main() -> None:
                 run = {"property": prop, "regime": regime, "seed": seed, "rmse": errors,
                        "diagnostics": diag, "epochs": result.epochs, "stop_reason": result.stop_reason,
                        "train_seconds": train_s, "total_seconds": time.perf_counter() - t0}
-                path.write_text(json.dumps(run, indent=2))
+                with atomic_write(path, "w") as fh:
+                    json.dump(run, fh, indent=2)
                 log.info("%s %s seed %d: ID %.4f OOD %.4f %s (%.0f s)", prop, regime, seed, errors["id_test"],
                          errors["ood"], unit, run["total_seconds"])
                 runs.append(run)
