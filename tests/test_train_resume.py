@@ -2,18 +2,21 @@
 uninterrupted run, bit for bit (same batches, Adam moments, schedule, EMA and RNG on one thread)."""
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from ttcalc.model.potential import ModelConfig, MultiHeadPotential
 from ttcalc.model.representation import RepresentationConfig
-from ttcalc.train import StageConfig, Targets, train_stage
+from ttcalc.model.batch import collate
+from ttcalc.train import StageConfig, Targets, force_field_task, train_multitask, train_stage
 from ttcalc.train.trainer import StopSignal, TrainingInterrupted, read_stage_state
 
 CFG = StageConfig(max_epochs=4, batch_size=8, lr=3e-3, patience=10, lr_patience=1, ema_decay=0.9,
@@ -53,8 +56,6 @@ def test_stopped_and_resumed_stage_equals_uninterrupted_run(benzene_frames, tmp_
 
 
 def _run_multitask(frames, state_path=None, resume=False, stop=None):
-    from ttcalc.train import force_field_task, train_multitask
-
     torch.manual_seed(0)
     model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=16, num_layers=1, num_rbf=8),
                                            heads=("main", "prior")))
@@ -81,6 +82,23 @@ def test_stopped_and_resumed_multitask_equals_uninterrupted_run(benzene_frames, 
         assert torch.equal(a, b), n
     assert [h["val_loss"] for h in result.history] == [h["val_loss"] for h in ref_result.history]
     assert result.best_val_loss < read_stage_state(state)["monitor"]["initial_val"]  # it learned something
+
+
+def test_multitask_log_has_each_force_field_task_force_mae(benzene_frames, tmp_path):
+    torch.manual_seed(0)
+    model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=16, num_layers=1, num_rbf=8)))
+    val_frames = benzene_frames[40:48]
+    task = force_field_task("main", benzene_frames[:16], "main", batch_size=8)
+    val = force_field_task("main", val_frames, "main")
+    train_multitask(model, [task], [val], ["representation", "main"], StageConfig(max_epochs=2), name="m",
+                    progress=False, log_path=tmp_path / "log.csv")
+    with open(tmp_path / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and float(rows[-1]["val_main_force_mae_meV"]) > 0
+    pred = [model(collate([a], model.cutoff, model.dtype, model.device))["main"]["forces"].detach().numpy()
+            for a in val_frames]
+    expected = 1000 * np.mean(np.abs(np.concatenate(pred) - np.concatenate([a.get_forces() for a in val_frames])))
+    assert val.metrics(model)["force_mae_meV"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_bad_state_file_and_bad_ema_are_refused(tmp_path, benzene_frames):

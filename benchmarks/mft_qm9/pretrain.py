@@ -27,7 +27,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from ase import Atoms
 
 from corpus import CorpusConfig, build_corpus
 from md_protocols.files import atomic_write
@@ -36,19 +35,11 @@ from ttcalc.model.potential import ModelConfig, MultiHeadPotential, TrainingStat
 from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train import StageConfig, force_field_task, train_multitask
 from ttcalc.train.regimes import install_head_statistics
-from ttcalc.train.trainer import Targets, TrainingInterrupted, evaluate_loss
+from ttcalc.train.trainer import TrainingInterrupted
+from ttcalc.app.plots import plot_learning_curves
 
 HERE = Path(__file__).resolve().parent
 HEADS = ("gfn2", "pbe", "pbe_d3", "wb97x")
-
-
-def force_mae_per_head(model: MultiHeadPotential, corpus: dict[str, tuple[list[Atoms], list[Atoms]]]) -> dict:
-    """Validation force MAE (meV/Å) of every head on its own level of theory's frames."""
-    out = {}
-    for head, (_, val) in corpus.items():
-        parts = evaluate_loss(model, val, {head: Targets.from_frames(val)}, {head: 1.0}, LossWeights())
-        out[head] = parts[f"{head}_force_mae_meV"]
-    return out
 
 
 def main() -> None:
@@ -102,13 +93,15 @@ def main() -> None:
     report = {"corpus": asdict(corpus_cfg),
               "sizes": {h: {"train": len(t), "val": len(v)} for h, (t, v) in corpus.items()},
               "val_loss_per_head": {t.name: t.mean_loss(model) for t in val},
-              "val_force_mae_meV_A_per_head": force_mae_per_head(model, corpus),
+              "val_force_mae_meV_A_per_head": {t.name: t.metrics(model)["force_mae_meV"] for t in val},
               "best_val_loss": res.best_val_loss, "epochs": res.epochs, "stop_reason": res.stop_reason,
               "corpus_seconds": t_corpus, "train_seconds": res.seconds, "lr": args.lr,
               "previous_stage": previous}
     model.save(out, metadata={"report": report})
     with atomic_write(out.with_suffix(".json"), "w") as fh:
         json.dump(report, fh, indent=2)
+    if out.with_suffix(".csv").exists():  # the learning curve: validation loss (and force MAE per head)
+        plot_learning_curves({out.stem: out.with_suffix(".csv")}, out.with_suffix(".png"))
     print(json.dumps(report, indent=2))
 
 

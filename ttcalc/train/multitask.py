@@ -25,9 +25,9 @@ from ttcalc.train.losses import LossWeights, energy_force_loss
 from ttcalc.model.potential import MultiHeadPotential
 from ttcalc.train.config import StageConfig
 from ttcalc.model.checkpoint import atomic_torch_save
-from ttcalc.train.trainer import (StageMonitor, StageResult, StopSignal, Targets, EpochPosition, _label_tensors,
-                                  load_stage_state, stage_state, make_stage_optimizer, optimizer_step, run_epochs,
-                                  saved_outcome, size_bucketed_batches)
+from ttcalc.train.trainer import (EpochPosition, StageMonitor, StageResult, StopSignal, Targets, _label_tensors,
+                                  evaluate_loss, load_stage_state, make_stage_optimizer, optimizer_step, run_epochs,
+                                  saved_outcome, size_bucketed_batches, stage_state)
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,14 @@ class PrefactorSchedule:
 class Task:
     """Frames, a loss over index batches, a weight and a batch size.
 
-    ``loss_fn(model, frames_batch, idx, lr_ratio, train)`` returns a scalar tensor.
+    ``loss_fn(model, frames_batch, idx, lr_ratio, train)`` returns a scalar tensor. ``metrics(model)``,
+    when given, returns further numbers over all frames (named ``metric_names``) that a validation
+    task logs beside its loss, e.g. a force-field task's force MAE.
     """
 
     def __init__(self, name: str, frames: Sequence[Atoms], loss_fn: Callable, weight: float = 1.0,
-                 batch_size: int = 16):
+                 batch_size: int = 16, metrics: Callable[[MultiHeadPotential], dict[str, float]] | None = None,
+                 metric_names: Sequence[str] = ()):
         if len(frames) == 0:
             raise ValueError(f"task {name!r} has no frames")
         if batch_size < 1:
@@ -67,6 +70,11 @@ class Task:
         self.weight, self.batch_size = float(weight), int(batch_size)
         self.scale: np.ndarray | None = None  # the label spread of a property task (see property_task)
         self.sizes = np.array([len(a) for a in self.frames])
+        self._metrics, self.metric_names = metrics, tuple(metric_names)
+
+    def metrics(self, model: MultiHeadPotential) -> dict[str, float]:
+        """The task's further numbers over all its frames (empty without a ``metrics`` function)."""
+        return {} if self._metrics is None else self._metrics(model)
 
     def loss(self, model: MultiHeadPotential, idx: Sequence[int], lr_ratio: float = 1.0,
              train: bool = True) -> torch.Tensor:
@@ -98,7 +106,11 @@ def force_field_task(name: str, frames: Sequence[Atoms], head: str,
         w = weights.weights(lr_ratio) if isinstance(weights, PrefactorSchedule) else weights
         return energy_force_loss(pred, e, f, batch.n_atoms, w)[0]
 
-    return Task(name, frames, loss_fn, weight, batch_size)
+    def force_mae(model) -> dict[str, float]:
+        parts = evaluate_loss(model, frames, {head: targets}, {head: 1.0}, LossWeights())
+        return {"force_mae_meV": parts[f"{head}_force_mae_meV"]}
+
+    return Task(name, frames, loss_fn, weight, batch_size, metrics=force_mae, metric_names=("force_mae_meV",))
 
 
 def property_task(name: str, frames: Sequence[Atoms], values: np.ndarray, head: str, weight: float = 1.0,
@@ -173,8 +185,13 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
     rng = np.random.default_rng(seed)
     streams = [TaskStream(t, np.random.default_rng([seed, k])) for k, t in enumerate(tasks) if k > 0]
 
+    columns = [f"{t.name}{suffix}" for t in val_tasks for suffix in ("", *(f"_{m}" for m in t.metric_names))]
+
     def evaluate() -> dict[str, float]:
-        parts = {t.name: t.mean_loss(model) for t in val_tasks}
+        parts = {}
+        for t in val_tasks:
+            parts[t.name] = t.mean_loss(model)
+            parts.update({f"{t.name}_{k}": v for k, v in t.metrics(model).items()})
         parts["total"] = sum(t.weight * parts[t.name] for t in val_tasks)
         return parts
 
@@ -185,8 +202,8 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
             stream.load_state_dict(state)
         log.info("%s: resuming at epoch %d, batch %d from %s", name, pos.epoch, pos.next_batch, state_path)
     initial = saved["monitor"]["initial_val"] if saved is not None else evaluate()["total"]
-    monitor = StageMonitor(model, cfg, name, initial, [f"val_{t.name}" for t in val_tasks],
-                           log_path, checkpoint_path, progress)
+    monitor = StageMonitor(model, cfg, name, initial, [f"val_{c}" for c in columns], log_path, checkpoint_path,
+                           progress)
     stop = stop or StopSignal()
 
     def save(done: bool = False, result: dict | None = None) -> None:
@@ -207,7 +224,7 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
         val = evaluate()
         sched.step(val["total"])
         return monitor.end_epoch(epoch, opt.param_groups[0]["lr"], train_loss, val["total"],
-                                 [val[t.name] for t in val_tasks])
+                                 [val[c] for c in columns])
 
     with monitor, stop:
         if saved is not None:
