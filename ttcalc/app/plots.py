@@ -107,7 +107,7 @@ def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.Path
     ax_mae.set_ylabel("validation force MAE (meV/Å)")
     ax_mae.set_yscale("log")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("validation loss (EMA weights)")
+    ax_loss.set_ylabel("validation loss (EMA weights where the stage keeps them)")
     ax_loss.set_yscale("log")
     for ax in (ax_mae, ax_loss):
         if ax.get_legend_handles_labels()[0]:
