@@ -69,7 +69,7 @@ def _run_multitask(frames, state_path=None, resume=False, stop=None):
     return model, result
 
 
-@pytest.mark.parametrize("stop_at", [2, 4])  # mid-epoch, and at the end of the second epoch (3 per epoch)
+@pytest.mark.parametrize("stop_at", [2, 3])  # mid-epoch, and after an epoch's last batch (3 per epoch)
 def test_stopped_and_resumed_multitask_equals_uninterrupted_run(benzene_frames, tmp_path, stop_at):
     torch.set_num_threads(1)
     reference, ref_result = _run_multitask(benzene_frames)
@@ -82,6 +82,18 @@ def test_stopped_and_resumed_multitask_equals_uninterrupted_run(benzene_frames, 
         assert torch.equal(a, b), n
     assert [h["val_loss"] for h in result.history] == [h["val_loss"] for h in ref_result.history]
     assert result.best_val_loss < read_stage_state(state)["monitor"]["initial_val"]  # it learned something
+
+
+def test_multitask_resume_with_other_tasks_is_refused(benzene_frames, tmp_path):
+    state = tmp_path / "m.state.pt"
+    with pytest.raises(TrainingInterrupted):
+        _run_multitask(benzene_frames, state, stop=StopSignal(after_batches=1))
+    model = MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=16, num_layers=1, num_rbf=8),
+                                           heads=("main", "prior")))
+    only_main = [force_field_task("main", benzene_frames[:24], "main", batch_size=8)]
+    with pytest.raises(ValueError, match="holds 1 auxiliary task streams, this run has 0"):
+        train_multitask(model, only_main, only_main, ["representation", "main"], StageConfig(max_epochs=3),
+                        name="m", progress=False, state_path=state, resume=True)
 
 
 def test_multitask_log_has_each_force_field_task_force_mae(benzene_frames, tmp_path):

@@ -202,8 +202,8 @@ def main(argv=None) -> None:
         args.molecules, args.temperatures, args.learn_ps, args.eval_ps = ["toluene"], [500.0], 0.3, 0.3
         args.budget, args.n_label, args.fit_steps, args.ref_frames, args.replicas = 4, 2, 10, 50, 2
         args.out = str(HERE / "results" / "quick")
-    elif args.reference == "pyscf" and args.out == p.get_default("out"):
-        args.out = str(HERE / "results" / "pyscf")
+    if args.reference == "pyscf" and args.out in (p.get_default("out"), str(HERE / "results" / "quick")):
+        args.out = str(Path(args.out) / "pyscf")  # results of one reference never stand for the other's
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

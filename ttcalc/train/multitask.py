@@ -185,7 +185,8 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
     rng = np.random.default_rng(seed)
     streams = [TaskStream(t, np.random.default_rng([seed, k])) for k, t in enumerate(tasks) if k > 0]
 
-    columns = [f"{t.name}{suffix}" for t in val_tasks for suffix in ("", *(f"_{m}" for m in t.metric_names))]
+    # losses first, then metrics: a log begun before a metric existed keeps its columns on resume
+    columns = [t.name for t in val_tasks] + [f"{t.name}_{m}" for t in val_tasks for m in t.metric_names]
 
     def evaluate() -> dict[str, float]:
         parts = {}
@@ -198,6 +199,9 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
     pos = EpochPosition()
     if saved is not None:
         pos = load_stage_state(saved, model, opt, sched, None, rng)
+        if len(saved["streams"]) != len(streams):
+            raise ValueError(f"{name}: {state_path} holds {len(saved['streams'])} auxiliary task streams, "
+                             f"this run has {len(streams)}; resume with the same tasks")
         for stream, state in zip(streams, saved["streams"]):
             stream.load_state_dict(state)
         log.info("%s: resuming at epoch %d, batch %d from %s", name, pos.epoch, pos.next_batch, state_path)
