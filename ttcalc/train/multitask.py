@@ -198,10 +198,10 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
 
     pos = EpochPosition()
     if saved is not None:
-        pos = load_stage_state(saved, model, opt, sched, None, rng)
-        if len(saved["streams"]) != len(streams):
+        if len(saved["streams"]) != len(streams):  # before the optimiser's own, less telling, check
             raise ValueError(f"{name}: {state_path} holds {len(saved['streams'])} auxiliary task streams, "
                              f"this run has {len(streams)}; resume with the same tasks")
+        pos = load_stage_state(saved, model, opt, sched, None, rng)
         for stream, state in zip(streams, saved["streams"]):
             stream.load_state_dict(state)
         log.info("%s: resuming at epoch %d, batch %d from %s", name, pos.epoch, pos.next_batch, state_path)
