@@ -105,9 +105,13 @@ def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.Path
             ax_mae.plot(epochs, vals, "o-", ms=2, lw=1.2, label=f"{label}: {head} head")
     ax_mae.set_xlabel("epoch")
     ax_mae.set_ylabel("validation force MAE (meV/Å)")
-    ax_mae.set_yscale("log")
+    if ax_mae.lines:
+        ax_mae.set_yscale("log")
+    else:
+        ax_mae.text(0.5, 0.5, "no force-MAE columns in these logs", ha="center", va="center",
+                    transform=ax_mae.transAxes)
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("validation loss (EMA weights where the stage keeps them)")
+    ax_loss.set_ylabel("validation loss")  # of the EMA weights where the stage keeps them
     ax_loss.set_yscale("log")
     for ax in (ax_mae, ax_loss):
         if ax.get_legend_handles_labels()[0]:
