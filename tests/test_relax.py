@@ -144,6 +144,17 @@ def test_pyscf_density_fitting_keeps_the_forces_and_changes_the_fingerprint():
     assert CalculatorPrior(exact).fingerprint() != CalculatorPrior(fitted).fingerprint()
 
 
+@pytest.mark.skipif(not HAS_PYSCF, reason="pyscf (optional extra ttcalc[dft]) is not installed")
+def test_pyscf_settings_live_in_parameters_and_a_change_recomputes():
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    calc = pyscf_calculator(basis="sto-3g")
+    small = calc.get_potential_energy(h2)
+    assert calc.parameters["basis"] == "sto-3g" and calc.parameters["xc"] == "PBE"
+    calc.set(basis="def2-SVP")  # ASE's contract: a changed setting clears the results
+    assert calc.results == {}
+    assert calc.get_potential_energy(h2) < small - 0.05  # the larger basis lowers the energy (variational)
+
+
 def test_pyscf_calculator_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyscf", None)
     with pytest.raises(ImportError, match=r"pip install ttcalc\[dft\]"):
