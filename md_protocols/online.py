@@ -62,19 +62,19 @@ class Learner(Protocol):
 
 @dataclass(frozen=True)
 class OnlineSettings:
-    """When :class:`PeriodicLearning` updates and on which frames (steps are MD steps).
-
-    ``trigger``: ``"interval"`` or ``"q_residual"``; ``interval``: steps between updates (for
-    ``"q_residual"``, the fewest steps between two updates); ``n_label``: frames labelled per update;
-    ``window``: candidates are the logged frames of the last ``window`` steps; ``label_budget``: frames
-    sent for labelling over the whole run, at most.
-    """
+    """When :class:`PeriodicLearning` updates and on which frames (steps are MD steps)."""
 
     trigger: Literal["interval", "q_residual"] = "interval"
+    """``"interval"``: update every ``interval`` steps; ``"q_residual"``: when the uncertainty passes
+    its limit."""
     interval: int = 2000
+    """Steps between updates (for ``"q_residual"``, the fewest steps between two updates)."""
     n_label: int = 8
+    """Frames labelled per update."""
     window: int = 2000
+    """Candidates are the logged frames of the last ``window`` steps."""
     label_budget: int = 48
+    """Frames sent for labelling over the whole run, at most."""
 
     def __post_init__(self):
         if self.trigger not in ("interval", "q_residual"):

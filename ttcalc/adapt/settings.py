@@ -20,7 +20,9 @@ class FitSettings(OptimizerSettings):
     label: ClassVar[str] = "fit"
 
     optimizer: Literal["sgd", "adam"] = "sgd"
+    """SGD with momentum, as the paper's TTT (A.4.3); fine-tuning on labels overrides it."""
     weight_decay: float = 1e-3
+    """Keeps the adapted weights near the shipped ones: no labels anchor a TTT fit."""
     grad_clip: float = 10.0
     max_steps: int = 200
     """Optimizer updates at most, each on ``batch_size`` frames drawn from the training part."""
@@ -30,6 +32,7 @@ class FitSettings(OptimizerSettings):
     val_fraction: float = 0.25
     """Share of the frames held out for validation and early stopping."""
     seed: int = 0
+    """Seeds the train/validation split, the batches and generated frames."""
     eval_every: int = 10
     patience: int = 5
     min_rel_improvement: float = 1e-3
@@ -69,15 +72,21 @@ class TTTConfig(FitSettings):
     #: what TTT updates: "adaptable", the model's adaptable group (by default the embedding and first
     #: interaction layer, paper sec. 5.2), or "representation", all of θR (heads stay fixed either way)
     parameters: Literal["adaptable", "representation"] = "adaptable"
-    # frames
     frames: Literal["md", "rattle", "normal_modes"] = "md"
+    """Where the unlabelled frames come from: Langevin MD on the prior, Gaussian rattles, or harmonic
+    samples along the prior's normal modes (:mod:`ttcalc.adapt.frames`)."""
     n_frames: int = 48
     temperature_K: float = 500.0
+    """Temperature of the prior MD and of the normal-mode samples (the MD17 protocol's 500 K)."""
     md_timestep_fs: float = 0.5
     md_interval: int = 10
+    """MD steps between two kept frames, so consecutive frames are less correlated."""
     md_friction_per_fs: float = 0.01
     rattle_stdev: float = 0.05
+    """Å, per Cartesian component."""
     stop_at_id_loss: bool = True
+    """Stop once the prior loss reaches the one on the training data (``model.stats.prior_loss``):
+    going lower would fit the prior's own errors, which the main head should not inherit."""
 
     def __post_init__(self):
         super().__post_init__()

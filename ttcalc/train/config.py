@@ -49,11 +49,16 @@ class OptimizerSettings:
 
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9  # SGD only
+    momentum: float = 0.9
+    """SGD only."""
     weight_decay: float = 0.0
+    """L2 penalty in the optimizer (Adam: coupled, as ``torch.optim.Adam`` does it)."""
     grad_clip: float = 100.0
+    """Largest global gradient norm; larger gradients are scaled down to it."""
     energy_weight: float = 1.0
+    """Weight of the energy term: MSE of the energy per atom (eV²)."""
     force_weight: float = 10.0
+    """Weight of the force term: MSE of the force components ((eV/Å)²)."""
 
     def __post_init__(self):
         # fail at configuration time, before any data or labels are paid for
