@@ -75,7 +75,7 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _average_gradients(params: list[torch.nn.Parameter], world: int, share: float | None = None) -> None:
+def average_gradients(params: list[torch.nn.Parameter], world: int, share: float | None = None) -> None:
     """Sum of ``share``-weighted gradients over ranks (``share`` = this rank's fraction of the global
     batch, default 1/world): each rank's loss is a mean over its shard, so this makes the update
     that of one process on the whole batch, also for shards of unequal size."""
@@ -150,7 +150,7 @@ def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list,
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{name}: non-finite training loss at epoch {epoch}")
     loss.backward()
-    _average_gradients(params, world, share)
+    average_gradients(params, world, share)
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
 
