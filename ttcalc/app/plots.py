@@ -89,20 +89,32 @@ def plot_error_bars(table: dict, path: str | os.PathLike, ylabel: str = "RMSE") 
 
 def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.PathLike) -> str:
     """Validation force MAE (meV/Å) per epoch, one line per (run, head), from training CSV logs;
-    epochs logged before the MAE columns existed show the validation loss on a second panel."""
+    a second panel shows the validation loss, in total and per head (dashed), which covers the
+    epochs logged before the MAE columns existed."""
     import csv
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_mae, ax_loss = fig.subplots(1, 2)
+    colours: dict[str, str] = {}  # one colour per (run, head) on both panels
+
+    def colour(key: str) -> str:
+        return colours.setdefault(key, f"C{len(colours) % 10}")
+
     for label, log in logs.items():
         with open(log, newline="") as fh:
             rows = list(csv.DictReader(fh))
         epochs = np.array([int(r["epoch"]) for r in rows])
-        ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], lw=1.3, label=label)
+        ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], lw=1.3, label=label, color=colour(label))
+        for col in [c for c in (rows[0] if rows else {}) if c.startswith("val_") and c != "val_loss"
+                    and not c.endswith("_force_mae_meV")]:
+            head = f"{label}: {col.removeprefix('val_')} head"
+            ax_loss.plot(epochs, [float(r[col]) if r.get(col) else np.nan for r in rows], "--", lw=0.9,
+                         label=head, color=colour(head))
         for col in [c for c in (rows[0] if rows else {}) if c.endswith("_force_mae_meV")]:
             vals = np.array([float(r[col]) if r.get(col) else np.nan for r in rows])
             head = col.removeprefix("val_").removesuffix("_force_mae_meV")
-            ax_mae.plot(epochs, vals, "o-", ms=2, lw=1.2, label=f"{label}: {head} head")
+            ax_mae.plot(epochs, vals, "o-", ms=2, lw=1.2, label=f"{label}: {head} head",
+                        color=colour(f"{label}: {head} head"))
     ax_mae.set_xlabel("epoch")
     ax_mae.set_ylabel("validation force MAE (meV/Å)")
     if ax_mae.lines:
