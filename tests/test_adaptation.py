@@ -374,3 +374,25 @@ def test_adapt_and_finetune_are_functions_of_a_bare_model(tiny_model_path, prior
         assert torch.equal(dict(model.named_parameters())[name], value), name
     assert adapt(load_model(tiny_model_path), prior, benzene, {"frames": "rattle", "n_frames": 4, "max_steps": 2,
                                                                 "stop_at_id_loss": False}).steps == 2
+
+
+@pytest.mark.slow
+def test_compiled_fit_reaches_the_eager_weights(tiny_model_path, prior, benzene):
+    """``compile=True`` trains through the traced, inductor-compiled force step (as long training
+    stages do); the adapted weights are those of the eager step (float64; the compiled graph holds
+    the same ops, summed in another order), and the traced graph is kept for the next fit."""
+    from ttcalc.adapt import AdaptationState, adapt
+
+    cfg = {"frames": "rattle", "n_frames": 8, "max_steps": 4, "eval_every": 2, "stop_at_id_loss": False}
+    adapted = {}
+    for compile in (False, True):
+        state = AdaptationState(load_model(tiny_model_path, dtype="float64"))
+        report = adapt(state, prior, benzene, {**cfg, "compile": compile})
+        assert report.steps == 4
+        adapted[compile] = snapshot(state.model, state.names)
+    step = state.force_step("prior", True)
+    assert step.compile_seconds > 0 and step is state.force_step("prior", True)  # compiled, then reused
+    changed = [n for n in adapted[False] if not torch.equal(adapted[False][n], state.base[n])]
+    assert changed  # the fit moved the weights, so the comparison below means something
+    for name in adapted[False]:
+        torch.testing.assert_close(adapted[True][name], adapted[False][name], rtol=1e-9, atol=1e-12)

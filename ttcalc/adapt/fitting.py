@@ -25,6 +25,7 @@ from ttcalc.model.batch import collate
 from ttcalc.model.checkpoint import atomic_torch_save
 from ttcalc.model.potential import MultiHeadPotential, restore, snapshot
 from ttcalc.train.config import make_optimizer
+from ttcalc.train.force_step import ForceStep
 from ttcalc.train.losses import LossWeights, energy_force_loss
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,15 @@ class AdaptationState:
         self.reports: dict[str, AdaptationReport] = {}
         self.ran: dict[str, list[str]] = {}
         self.current: str | None = None
+        self._steps: dict[tuple[str, bool], ForceStep] = {}
+
+    def force_step(self, head: str, compile: bool) -> ForceStep:
+        """The training step of ``head`` (:class:`ttcalc.train.force_step.ForceStep`), kept across
+        fits so that a compiled graph is traced once per batch shape, not once per call."""
+        key = (head, bool(compile))
+        if key not in self._steps:
+            self._steps[key] = ForceStep(self.model, (head,), compile=compile)
+        return self._steps[key]
 
     def restore(self) -> None:
         restore(self.model, self.base)
@@ -119,11 +129,6 @@ class AdaptationState:
         self.ran.update({k: list(v) for k, v in payload.get("ran", {}).items()})
 
 
-def _loss(model, batch, weights: LossWeights, *, create_graph: bool, offset_free: bool, head: str):
-    """Loss of one head (:func:`ttcalc.train.losses.energy_force_loss`) on a labelled batch of one system:
-    L_P for TTT (prior labels), L_M for fine-tuning (reference labels)."""
-    pred = model(batch, heads=(head,), create_graph=create_graph)[head]
-    return energy_force_loss(pred, batch.energy, batch.forces, batch.n_atoms, weights, offset_free=offset_free)
 
 
 def _mean_disagreement(model, batch) -> float:
@@ -178,18 +183,22 @@ class _Stopping:
         return None
 
 
-def _fit(model: MultiHeadPotential, names: list[str], train: list[Atoms], val_batch, cfg: FitSettings,
-         head: str, target: float | None) -> _Fit:
-    """Minimise ``head``'s loss over the parameters ``names`` on ``train``; keep the best validated
-    weights (the start weights if nothing helped). Stops at ``cfg.max_steps``, on a stalled
-    validation loss, at ``target`` (TTT's in-distribution prior loss), or rolls back on divergence."""
+def _fit(force_step: ForceStep, names: list[str], train: list[Atoms], val_batch, cfg: FitSettings,
+         target: float | None) -> _Fit:
+    """Minimise the loss of ``force_step``'s head (L_P for TTT on prior labels, L_M for fine-tuning on
+    reference labels; :func:`ttcalc.train.losses.energy_force_loss`) over the parameters ``names``
+    on ``train``; keep the best validated weights (the start weights if nothing helped). Stops at
+    ``cfg.max_steps``, on a stalled validation loss, at ``target`` (TTT's in-distribution prior
+    loss), or rolls back on divergence. Validation runs the eager model: no parameter gradient."""
+    model, (head,) = force_step.model, force_step.heads
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
     params = [dict(model.named_parameters())[n] for n in names]
     rng = np.random.default_rng(cfg.seed)
 
     def loss_of(batch, create_graph: bool):
-        return _loss(model, batch, weights, create_graph=create_graph, offset_free=cfg.energy_offset_free,
-                     head=head)[0]
+        pred = force_step(batch)[head] if create_graph else model(batch, heads=(head,))[head]
+        return energy_force_loss(pred, batch.energy, batch.forces, batch.n_atoms, weights,
+                                 offset_free=cfg.energy_offset_free)[0]
 
     def val_loss() -> float:
         return float(loss_of(val_batch, create_graph=False).detach())
@@ -248,7 +257,7 @@ def fit_on_system(state: "AdaptationState", key: str, kind: str, labelled: list[
     model.set_trainable(*groups)
     try:
         disagreement_before = _mean_disagreement(model, val_batch)
-        fit = _fit(model, names, train, val_batch, cfg, head, target)
+        fit = _fit(state.force_step(head, cfg.compile), names, train, val_batch, cfg, target)
         disagreement_after = _mean_disagreement(model, val_batch)
     except BaseException:
         restore(model, before)

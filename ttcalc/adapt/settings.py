@@ -37,6 +37,12 @@ class FitSettings(OptimizerSettings):
     patience: int = 5
     min_rel_improvement: float = 1e-3
     divergence_factor: float = 10.0
+    compile: bool = False
+    """Trace the training step's force graph with ``make_fx`` and compile it with inductor
+    (:class:`ttcalc.train.force_step.ForceStep`, as long training stages do; molecules only). Each
+    step is then cheaper, but each new batch shape costs a compile first, which inductor's on-disk
+    cache shortens on later runs: it pays off for repeated fits of one molecule size
+    (``benchmarks/adaptation_cost.py`` measures both)."""
 
     def __post_init__(self):
         super().__post_init__()  # fail before the frames (prior MD, labels) are paid for, not after
