@@ -111,6 +111,8 @@ def test_multitask_log_has_each_force_field_task_force_mae(benzene_frames, tmp_p
             for a in val_frames]
     expected = 1000 * np.mean(np.abs(np.concatenate(pred) - np.concatenate([a.get_forces() for a in val_frames])))
     assert val.metrics(model)["force_mae_meV"] == pytest.approx(expected, rel=1e-5)
+    # the validation loss comes from the same pass as the MAE, and equals the separate loss pass
+    assert val.evaluate(model)["loss"] == pytest.approx(val.mean_loss(model), rel=1e-6)
 
 
 def test_bad_state_file_and_bad_ema_are_refused(tmp_path, benzene_frames):

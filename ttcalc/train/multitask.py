@@ -56,7 +56,9 @@ class Task:
 
     ``loss_fn(model, frames_batch, idx, lr_ratio, train)`` returns a scalar tensor. ``metrics(model)``,
     when given, returns further numbers over all frames (named ``metric_names``) that a validation
-    task logs beside its loss, e.g. a force-field task's force MAE.
+    task logs beside its loss, e.g. a force-field task's force MAE. It may also return ``"loss"``,
+    the mean loss over all frames at ``lr_ratio`` 1, when the same forward pass gives it:
+    :meth:`evaluate` then does not run the model over the frames a second time.
     """
 
     def __init__(self, name: str, frames: Sequence[Atoms], loss_fn: Callable, weight: float = 1.0,
@@ -75,6 +77,11 @@ class Task:
     def metrics(self, model: MultiHeadPotential) -> dict[str, float]:
         """The task's further numbers over all its frames (empty without a ``metrics`` function)."""
         return {} if self._metrics is None else self._metrics(model)
+
+    def evaluate(self, model: MultiHeadPotential) -> dict[str, float]:
+        """``{"loss": mean loss over all frames, **metrics}`` (validation: no parameter gradients)."""
+        out = self.metrics(model)
+        return {"loss": out.pop("loss") if "loss" in out else self.mean_loss(model), **out}
 
     def loss(self, model: MultiHeadPotential, idx: Sequence[int], lr_ratio: float = 1.0,
              train: bool = True) -> torch.Tensor:
@@ -106,11 +113,12 @@ def force_field_task(name: str, frames: Sequence[Atoms], head: str,
         w = weights.weights(lr_ratio) if isinstance(weights, PrefactorSchedule) else weights
         return energy_force_loss(pred, e, f, batch.n_atoms, w)[0]
 
-    def force_mae(model) -> dict[str, float]:
-        parts = evaluate_loss(model, frames, {head: targets}, {head: 1.0}, LossWeights())
-        return {"force_mae_meV": parts[f"{head}_force_mae_meV"]}
+    def loss_and_force_mae(model) -> dict[str, float]:
+        w = weights.weights(1.0) if isinstance(weights, PrefactorSchedule) else weights
+        parts = evaluate_loss(model, frames, {head: targets}, {head: 1.0}, w)  # one pass gives both
+        return {"loss": parts[head], "force_mae_meV": parts[f"{head}_force_mae_meV"]}
 
-    return Task(name, frames, loss_fn, weight, batch_size, metrics=force_mae, metric_names=("force_mae_meV",))
+    return Task(name, frames, loss_fn, weight, batch_size, metrics=loss_and_force_mae, metric_names=("force_mae_meV",))
 
 
 def property_task(name: str, frames: Sequence[Atoms], values: np.ndarray, head: str, weight: float = 1.0,
@@ -191,8 +199,9 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
     def evaluate() -> dict[str, float]:
         parts = {}
         for t in val_tasks:
-            parts[t.name] = t.mean_loss(model)
-            parts.update({f"{t.name}_{k}": v for k, v in t.metrics(model).items()})
+            evaluated = t.evaluate(model)
+            parts[t.name] = evaluated.pop("loss")
+            parts.update({f"{t.name}_{k}": v for k, v in evaluated.items()})
         parts["total"] = sum(t.weight * parts[t.name] for t in val_tasks)
         return parts
 
