@@ -129,8 +129,6 @@ class AdaptationState:
         self.ran.update({k: list(v) for k, v in payload.get("ran", {}).items()})
 
 
-
-
 def _mean_disagreement(model, batch) -> float:
     """Mean per-atom |F_main − F_label| (eV/Å) over a labelled batch."""
     f = model(batch, heads=("main",))["main"]["forces"].detach()
