@@ -106,16 +106,18 @@ def force_field_task(name: str, frames: Sequence[Atoms], head: str,
     frames; ``weights`` may follow a :class:`PrefactorSchedule`."""
     targets = Targets.from_frames(frames)
 
+    def weights_at(lr_ratio: float) -> LossWeights:
+        return weights.weights(lr_ratio) if isinstance(weights, PrefactorSchedule) else weights
+
     def loss_fn(model, frames_b, idx, lr_ratio, train):
         batch = collate(frames_b, model.cutoff, model.dtype, model.device)
         pred = model(batch, heads=(head,), create_graph=train)[head]
         e, f = _label_tensors(targets, idx, batch)
-        w = weights.weights(lr_ratio) if isinstance(weights, PrefactorSchedule) else weights
-        return energy_force_loss(pred, e, f, batch.n_atoms, w)[0]
+        return energy_force_loss(pred, e, f, batch.n_atoms, weights_at(lr_ratio))[0]
 
     def loss_and_force_mae(model) -> dict[str, float]:
-        w = weights.weights(1.0) if isinstance(weights, PrefactorSchedule) else weights
-        parts = evaluate_loss(model, frames, {head: targets}, {head: 1.0}, w)  # one pass gives both
+        # one pass gives both; validation loss at lr_ratio 1, as mean_loss takes it
+        parts = evaluate_loss(model, frames, {head: targets}, {head: 1.0}, weights_at(1.0))
         return {"loss": parts[head], "force_mae_meV": parts[f"{head}_force_mae_meV"]}
 
     return Task(name, frames, loss_fn, weight, batch_size, metrics=loss_and_force_mae, metric_names=("force_mae_meV",))
