@@ -3,6 +3,8 @@ uninterrupted run, bit for bit (same batches, Adam moments, schedule, EMA and RN
 from __future__ import annotations
 
 import csv
+import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -28,11 +30,11 @@ def _model() -> MultiHeadPotential:
     return MultiHeadPotential(ModelConfig(RepresentationConfig(hidden_channels=16, num_layers=1, num_rbf=8)))
 
 
-def _run(frames, state_path=None, resume=False, stop=None, model=None):
+def _run(frames, state_path=None, resume=False, stop=None, model=None, cfg=CFG):
     model = model or _model()
     train, val = frames[:40], frames[40:56]
     result = train_stage(model, train, {"main": Targets.from_frames(train)}, val,
-                         {"main": Targets.from_frames(val)}, ["representation", "main"], CFG,
+                         {"main": Targets.from_frames(val)}, ["representation", "main"], cfg,
                          name="s", progress=False, state_path=state_path, resume=resume, stop=stop)
     return model, result
 
@@ -53,6 +55,31 @@ def test_stopped_and_resumed_stage_equals_uninterrupted_run(benzene_frames, tmp_
     assert read_stage_state(state)["done"]
     again, _ = _run(benzene_frames, state, resume=True)  # a finished stage is not trained again
     assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), again.parameters()))
+
+
+ANNEAL = dataclasses.replace(CFG, max_epochs=50, anneal_from=2, anneal_epochs=3, min_lr=1e-5)
+
+
+def test_cosine_anneal_follows_its_formula_stops_at_its_end_and_resumes_exactly(benzene_frames, tmp_path):
+    torch.set_num_threads(1)
+    reference, result = _run(benzene_frames, cfg=ANNEAL)
+    lrs = [h["lr"] for h in result.history]
+    assert result.epochs == 4 and "end of the cosine anneal" in result.stop_reason
+    lr0 = lrs[0]  # the plateau's rate after epoch 1 is the rate the anneal starts from
+    expected = [1e-5 + (lr0 - 1e-5) * 0.5 * (1 + math.cos(math.pi * k / 3)) for k in (1, 2, 3)]
+    assert lrs[1:] == pytest.approx(expected, rel=1e-12) and lrs[-1] == pytest.approx(1e-5)
+    state = tmp_path / "a.state.pt"
+    with pytest.raises(TrainingInterrupted):  # inside the anneal: batch 2 of epoch 3
+        _run(benzene_frames, state, stop=StopSignal(after_batches=8), cfg=ANNEAL)
+    resumed, again = _run(benzene_frames, state, resume=True, cfg=ANNEAL)
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), resumed.parameters()))
+    assert [h["lr"] for h in again.history] == lrs
+
+
+@pytest.mark.parametrize("bad", [dict(anneal_epochs=-1), dict(anneal_epochs=5, anneal_from=0)])
+def test_bad_anneal_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="an anneal needs"):
+        StageConfig(**bad)
 
 
 def _run_multitask(frames, state_path=None, resume=False, stop=None):

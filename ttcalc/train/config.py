@@ -87,6 +87,11 @@ class StageConfig(OptimizerSettings):
     """The plateau schedule: lr × ``lr_factor`` after ``lr_patience`` epochs without improvement."""
     lr_patience: int = 3
     min_lr: float = 1e-6
+    anneal_from: int = 0
+    """> 0 with ``anneal_epochs``: from this epoch on the plateau schedule gives way to a cosine
+    decay of the learning rate to ``min_lr`` over ``anneal_epochs`` epochs, after which the stage
+    stops (see :class:`ttcalc.train.trainer.LRSchedule`)."""
+    anneal_epochs: int = 0
     ema_decay: float = 0.0
     """> 0: validate and save an exponential moving average of the weights."""
     epoch_frames: int = 0
@@ -98,6 +103,16 @@ class StageConfig(OptimizerSettings):
     """The compiled force step; None chooses by :func:`ttcalc.train.trainer.use_compiled_step`."""
     checkpoint_minutes: float = 5.0
     """The full training state is saved this often when the stage has a state file."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.anneal_epochs < 0 or (self.anneal_epochs > 0 and self.anneal_from < 1):
+            raise ValueError(f"an anneal needs anneal_epochs >= 1 and anneal_from >= 1 (an epoch number), "
+                             f"got anneal_epochs={self.anneal_epochs}, anneal_from={self.anneal_from}")
+
+    def anneal_end(self) -> int | None:
+        """The last epoch of the cosine anneal, or None without one."""
+        return self.anneal_from + self.anneal_epochs - 1 if self.anneal_epochs else None
 
 
 @dataclass

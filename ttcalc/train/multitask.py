@@ -178,7 +178,7 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
     """Minimise Σ_t w_t L_t over parameter ``groups``; model selection on Σ_t w_t L_t(val_t).
 
     The epoch length is the number of batches of ``tasks[0]``; task t > 0 draws from its own
-    :class:`TaskStream` (seeded by ``(seed, t)``). Adam, plateau LR schedule and the stop rules of
+    :class:`TaskStream` (seeded by ``(seed, t)``). Adam, the LR schedule and the stop rules of
     :class:`StageConfig`; the best validation weights are restored at the end. ``state_path`` and
     ``resume`` work as in :func:`~ttcalc.train.trainer.train_stage`: the whole state is saved every
     ``cfg.checkpoint_minutes``, on SIGTERM/SIGINT and at the end, and a resumed stage takes the same
@@ -237,14 +237,14 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
 
     def end_epoch(epoch: int, train_loss: float) -> bool:
         val = evaluate()
-        sched.step(val["total"])
+        sched.end_epoch(epoch, val["total"])
         return monitor.end_epoch(epoch, opt.param_groups[0]["lr"], train_loss, val["total"],
                                  [val[c] for c in columns])
 
     with monitor, stop:
         if saved is not None:
             monitor.load_state_dict(saved["monitor"])
-        run_epochs(pos, cfg, stop, save, name, state_path, lambda: tasks[0].batches(rng), train_batch, end_epoch)
+        run_epochs(pos, cfg, sched, stop, save, name, state_path, lambda: tasks[0].batches(rng), train_batch, end_epoch)
         result = monitor.result()
     save(done=True, result=asdict(result))
     return result

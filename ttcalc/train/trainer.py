@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import signal
 import threading
@@ -132,16 +133,54 @@ def _label_tensors(t: Targets, idx: Sequence[int], batch: Batch) -> tuple[torch.
     return e, f
 
 
+class LRSchedule:
+    """The learning rate of a stage: a plateau schedule (lr × ``lr_factor`` after ``lr_patience``
+    epochs without a lower validation loss), then, when ``cfg.anneal_epochs`` > 0, a cosine anneal
+    (Loshchilov & Hutter 2017, SGDR without restarts) from epoch e₀ = ``cfg.anneal_from`` over
+    T = ``cfg.anneal_epochs`` epochs:
+
+        lr_e = min_lr + (lr₀ − min_lr) · ½ (1 + cos(π (e − e₀ + 1) / T)),
+
+    lr₀ being the plateau's rate when the anneal begins. lr₀ is kept in the optimiser's parameter
+    groups, so a resumed stage anneals from the same rate; the state dict is the plateau's."""
+
+    def __init__(self, opt: torch.optim.Optimizer, cfg: StageConfig):
+        self.opt, self.cfg = opt, cfg
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor,
+                                                                  patience=cfg.lr_patience, min_lr=cfg.min_lr)
+
+    def annealing(self, epoch: int) -> bool:
+        return self.cfg.anneal_epochs > 0 and epoch >= self.cfg.anneal_from
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Set the rate of ``epoch`` (called before its first batch)."""
+        if not self.annealing(epoch):
+            return
+        cfg = self.cfg
+        t = min(1.0, (epoch - cfg.anneal_from + 1) / cfg.anneal_epochs)
+        for group in self.opt.param_groups:
+            lr0 = group.setdefault("anneal_lr0", group["lr"])
+            group["lr"] = cfg.min_lr + (lr0 - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def end_epoch(self, epoch: int, val_loss: float) -> None:
+        if not self.annealing(epoch):
+            self.plateau.step(val_loss)
+
+    def state_dict(self) -> dict:
+        return self.plateau.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau.load_state_dict(state)
+
+
 def make_stage_optimizer(model: MultiHeadPotential, groups: Sequence[str], cfg: StageConfig, name: str):
-    """Make exactly ``groups`` trainable; the optimizer of ``cfg`` on them and its plateau schedule."""
+    """Make exactly ``groups`` trainable; the optimizer of ``cfg`` on them and its :class:`LRSchedule`."""
     model.set_trainable(*groups)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{name}: no trainable parameters in groups {groups}")
     opt = make_optimizer(params, cfg)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=cfg.lr_patience,
-                                                       min_lr=cfg.min_lr)
-    return params, opt, sched
+    return params, opt, LRSchedule(opt, cfg)
 
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, grad_clip: float,
@@ -242,6 +281,8 @@ class StageMonitor:
             self.stale += 1
         if self.stale >= cfg.patience:
             self.reason = f"early stopping ({cfg.patience} epochs without improvement)"
+        elif cfg.anneal_end() is not None and epoch >= cfg.anneal_end():
+            self.reason = f"end of the cosine anneal (epochs {cfg.anneal_from}-{cfg.anneal_end()})"
         elif lr <= cfg.min_lr * (1 + 1e-9) and self.stale > 0:
             self.reason = "learning rate reached min_lr"
         elif row["seconds"] > cfg.max_minutes * 60:
@@ -447,12 +488,12 @@ def saved_outcome(model: MultiHeadPotential, state_path: Path | None, resume: bo
     return saved, None
 
 
-def run_epochs(pos: EpochPosition, cfg: StageConfig, stop: StopSignal, save: Callable[[], None],
+def run_epochs(pos: EpochPosition, cfg: StageConfig, sched: LRSchedule, stop: StopSignal, save: Callable[[], None],
                name: str, state_path: Path | None, new_epoch: Callable[[], list],
                train_batch: Callable[[object, int], float], end_epoch: Callable[[int, float], bool]) -> None:
     """The resumable epoch loop every stage shares.
 
-    ``new_epoch()`` gives an epoch's batches, ``train_batch(batch, epoch)`` takes one optimiser step
+    ``sched.begin_epoch`` sets each epoch's rate before ``new_epoch()`` gives its batches, ``train_batch(batch, epoch)`` takes one optimiser step
     and returns its loss, ``end_epoch(epoch, mean_train_loss)`` validates and says whether to stop.
     ``pos`` (updated in place) is where a saved state resumes; ``save()`` is called every
     ``cfg.checkpoint_minutes`` and when ``stop`` is requested, which then raises
@@ -461,6 +502,7 @@ def run_epochs(pos: EpochPosition, cfg: StageConfig, stop: StopSignal, save: Cal
     last_save, n_done = time.monotonic(), 0
     while pos.epoch <= cfg.max_epochs:
         if pos.batches is None:
+            sched.begin_epoch(pos.epoch)
             pos.batches, pos.next_batch, pos.running = new_epoch(), 0, 0.0
         while pos.next_batch < len(pos.batches):
             pos.running += train_batch(pos.batches[pos.next_batch], pos.epoch)
@@ -538,7 +580,7 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     def end_epoch(epoch: int, train_loss: float) -> bool:
         with averaged():
             val = evaluate()
-            sched.step(val["total"])
+            sched.end_epoch(epoch, val["total"])
             return monitor.end_epoch(epoch, opt.param_groups[0]["lr"], train_loss, val["total"],
                                      [val[h] for h in val_targets]
                                      + [val[f"{h}_force_mae_meV"] for h in val_targets])
@@ -546,8 +588,8 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     with monitor, stop, quiet_inductor():  # the compiled step's backward lowers inside the loop
         if saved is not None:
             monitor.load_state_dict(saved["monitor"])
-        run_epochs(pos, cfg, stop, save, name, state_path, lambda: epoch_batches(sizes, cfg, rng), train_batch,
-                   end_epoch)
+        run_epochs(pos, cfg, sched, stop, save, name, state_path, lambda: epoch_batches(sizes, cfg, rng),
+                   train_batch, end_epoch)
         result = monitor.result()
     save(done=True, result=asdict(result))
     return result
