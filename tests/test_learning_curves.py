@@ -40,3 +40,12 @@ def test_log_gains_mae_columns_and_the_plot_reads_old_and_new_rows(benzene_frame
     assert rows[0][-1] == "val_main" and len(rows[-1]) == 8  # a new column after an old header: appended
     png = plot_learning_curves({"run": log}, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and png.endswith("curves.png")
+
+
+def test_plot_marks_a_run_whose_learning_rate_decays(tmp_path):
+    log = tmp_path / "annealed.csv"
+    rows = [f"joint,{e},{lr},1.0,{1 / e},1.0,{1 / e},{10 / e}" for e, lr in
+            [(1, 5e-4), (2, 5e-4), (3, 2e-4), (4, 1e-6)]]
+    log.write_text("stage,epoch,lr,train_loss,val_loss,seconds,val_main,val_main_force_mae_meV\n" + "\n".join(rows))
+    plot_learning_curves({"run": log}, tmp_path / "annealed.png")
+    assert (tmp_path / "annealed.png").stat().st_size > 10_000

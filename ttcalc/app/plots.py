@@ -90,7 +90,8 @@ def plot_error_bars(table: dict, path: str | os.PathLike, ylabel: str = "RMSE") 
 def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.PathLike) -> str:
     """Validation force MAE (meV/Å) per epoch, one line per (run, head), from training CSV logs;
     a second panel shows the validation loss, in total and per head (dashed), which covers the
-    epochs logged before the MAE columns existed."""
+    epochs logged before the MAE columns existed. A dotted line marks the first epoch of each run
+    whose learning rate is below its first."""
     import csv
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -115,6 +116,12 @@ def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.Path
             head = col.removeprefix("val_").removesuffix("_force_mae_meV")
             ax_mae.plot(epochs, vals, "o-", ms=2, lw=1.2, label=f"{label}: {head} head",
                         color=colour(f"{label}: {head} head"))
+        decayed = [int(r["epoch"]) for r in rows if float(r["lr"]) < float(rows[0]["lr"])]
+        if decayed:  # where the schedule first lowers the rate (a plateau step or an anneal)
+            for ax in (ax_mae, ax_loss):
+                ax.axvline(decayed[0], ls=":", lw=1, color=colour(label))
+            ax_loss.text(decayed[0], 0.98, f" lr < {float(rows[0]['lr']):.0e}", color=colour(label), fontsize=7,
+                         va="top", transform=ax_loss.get_xaxis_transform())
     ax_mae.set_xlabel("epoch")
     ax_mae.set_ylabel("validation force MAE (meV/Å)")
     if ax_mae.lines:
