@@ -120,8 +120,8 @@ def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.Path
         if decayed:  # where the schedule first lowers the rate (a plateau step or an anneal)
             for ax in (ax_mae, ax_loss):
                 ax.axvline(decayed[0], ls=":", lw=1, color=colour(label))
-            ax_loss.text(decayed[0], 0.98, f" lr < {float(rows[0]['lr']):.0e}", color=colour(label), fontsize=7,
-                         va="top", transform=ax_loss.get_xaxis_transform())
+            ax_loss.text(decayed[0], 0.02, f" lr < {float(rows[0]['lr']):.0e}", color=colour(label), fontsize=7,
+                         va="bottom", transform=ax_loss.get_xaxis_transform())
     ax_mae.set_xlabel("epoch")
     ax_mae.set_ylabel("validation force MAE (meV/Å)")
     if ax_mae.lines:
