@@ -493,8 +493,9 @@ def run_epochs(pos: EpochPosition, cfg: StageConfig, sched: LRSchedule, stop: St
                train_batch: Callable[[object, int], float], end_epoch: Callable[[int, float], bool]) -> None:
     """The resumable epoch loop every stage shares.
 
-    ``sched.begin_epoch`` sets each epoch's rate before ``new_epoch()`` gives its batches, ``train_batch(batch, epoch)`` takes one optimiser step
-    and returns its loss, ``end_epoch(epoch, mean_train_loss)`` validates and says whether to stop.
+    ``sched.begin_epoch`` sets each epoch's rate before ``new_epoch()`` gives its batches,
+    ``train_batch(batch, epoch)`` takes one optimiser step and returns its loss,
+    ``end_epoch(epoch, mean_train_loss)`` validates and says whether to stop.
     ``pos`` (updated in place) is where a saved state resumes; ``save()`` is called every
     ``cfg.checkpoint_minutes`` and when ``stop`` is requested, which then raises
     :class:`TrainingInterrupted`.
