@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ttcalc.model.potential import ModelConfig, MultiHeadPotential
-from ttcalc.app.plots import plot_learning_curves
+from ttcalc.app.plots import plot_learning_curves, read_training_log
 from ttcalc.model.representation import RepresentationConfig
 from ttcalc.train import StageConfig, Targets, train_stage
 from ttcalc.train.trainer import evaluate_loss
@@ -49,3 +49,14 @@ def test_plot_marks_a_run_whose_learning_rate_decays(tmp_path):
     log.write_text("stage,epoch,lr,train_loss,val_loss,seconds,val_main,val_main_force_mae_meV\n" + "\n".join(rows))
     plot_learning_curves({"run": log}, tmp_path / "annealed.png")
     assert (tmp_path / "annealed.png").stat().st_size > 10_000
+
+
+def test_a_warm_restart_is_plotted_after_the_run_it_continues(tmp_path):
+    log = tmp_path / "restart.csv"
+    log.write_text("stage,epoch,lr,train_loss,val_loss,seconds,val_main_force_mae_meV\n"
+                   "joint,1,2e-4,1.0,0.5,1.0,9.7\njoint,2,1e-4,1.0,0.4,2.0,9.6\n")
+    epochs, rows = read_training_log(log, epoch_offset=479)
+    assert epochs.tolist() == [480, 481] and rows[1]["val_main_force_mae_meV"] == "9.6"
+    assert read_training_log(log)[0].tolist() == [1, 2]
+    plot_learning_curves({"restart": log}, tmp_path / "r.png", epoch_offsets={"restart": 479})
+    assert (tmp_path / "r.png").stat().st_size > 10_000

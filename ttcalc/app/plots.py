@@ -87,13 +87,23 @@ def plot_error_bars(table: dict, path: str | os.PathLike, ylabel: str = "RMSE") 
     return _save(fig, path)
 
 
-def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.PathLike) -> str:
+def read_training_log(log: str | os.PathLike, epoch_offset: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """The rows of a training CSV log and their epochs plus ``epoch_offset`` (a warm restart's
+    epoch 1 continues the run it started from at that run's last epoch + 1)."""
+    import csv
+
+    with open(log, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return np.array([int(r["epoch"]) + epoch_offset for r in rows], dtype=int), rows
+
+
+def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.PathLike,
+                         epoch_offsets: dict[str, int] | None = None) -> str:
     """Validation force MAE (meV/Å) per epoch, one line per (run, head), from training CSV logs;
     a second panel shows the validation loss, in total and per head (dashed), which covers the
     epochs logged before the MAE columns existed. A dotted line marks the first epoch of each run
-    whose learning rate is below its first."""
-    import csv
-
+    whose learning rate is below its first. ``epoch_offsets[label]`` shifts a run's epochs
+    (:func:`read_training_log`)."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_mae, ax_loss = fig.subplots(1, 2)
     colours: dict[str, str] = {}  # one colour per (run, head) on both panels
@@ -102,9 +112,7 @@ def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.Path
         return colours.setdefault(key, f"C{len(colours) % 10}")
 
     for label, log in logs.items():
-        with open(log, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        epochs = np.array([int(r["epoch"]) for r in rows])
+        epochs, rows = read_training_log(log, (epoch_offsets or {}).get(label, 0))
         ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], lw=1.3, label=label, color=colour(label))
         for col in [c for c in (rows[0] if rows else {}) if c.startswith("val_") and c != "val_loss"
                     and not c.endswith("_force_mae_meV")]:
@@ -116,7 +124,7 @@ def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.Path
             head = col.removeprefix("val_").removesuffix("_force_mae_meV")
             ax_mae.plot(epochs, vals, "o-", ms=2, lw=1.2, label=f"{label}: {head} head",
                         color=colour(f"{label}: {head} head"))
-        decayed = [int(r["epoch"]) for r in rows if float(r["lr"]) < float(rows[0]["lr"])]
+        decayed = [int(e) for e, r in zip(epochs, rows) if float(r["lr"]) < float(rows[0]["lr"])]
         if decayed:  # where the schedule first lowers the rate (a plateau step or an anneal)
             for ax in (ax_mae, ax_loss):
                 ax.axvline(decayed[0], ls=":", lw=1, color=colour(label))
