@@ -4,20 +4,22 @@
 
 reads ``results/md17-abu-sgdml-v4.csv``, ``results/md17-abu-xtb-v4.csv`` and the warm restart
 ``results/md17-abu-sgdml-v4r.csv`` (the logs that ``ttcalc train`` writes as it goes; the restart is drawn
-from epoch 480, after the 479 epochs of the run it starts from) and writes ``results/learning_curves_v4.png``.
+after the last epoch of the v4 log, the run it starts from) and writes ``results/learning_curves_v4.png``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ttcalc.app.plots import plot_learning_curves
+from ttcalc.app.plots import plot_learning_curves, read_training_log
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LOGS = {"md17-abu-sgdml v4": RESULTS / "md17-abu-sgdml-v4.csv", "md17-abu v4 (xTB)": RESULTS / "md17-abu-xtb-v4.csv",
-        "md17-abu-sgdml v4r (warm restart)": RESULTS / "md17-abu-sgdml-v4r.csv"}
-OFFSETS = {"md17-abu-sgdml v4r (warm restart)": 479}  # v4r starts from v4's last epoch
+V4, V4R = "md17-abu-sgdml v4", "md17-abu-sgdml v4r (warm restart)"
+LOGS = {V4: RESULTS / "md17-abu-sgdml-v4.csv", "md17-abu v4 (xTB)": RESULTS / "md17-abu-xtb-v4.csv",
+        V4R: RESULTS / "md17-abu-sgdml-v4r.csv"}
 
 
 if __name__ == "__main__":
-    print(plot_learning_curves({k: v for k, v in LOGS.items() if v.exists()}, RESULTS / "learning_curves_v4.png",
-                               epoch_offsets=OFFSETS))
+    logs = {k: v for k, v in LOGS.items() if v.exists()}
+    # v4r starts from v4's last epoch, so its epoch 1 is drawn right after it
+    offsets = {V4R: int(read_training_log(LOGS[V4])[0][-1])} if V4 in logs else {}
+    print(plot_learning_curves(logs, RESULTS / "learning_curves_v4.png", epoch_offsets=offsets))
