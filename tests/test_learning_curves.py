@@ -60,3 +60,21 @@ def test_a_warm_restart_is_plotted_after_the_run_it_continues(tmp_path):
     assert read_training_log(log)[0].tolist() == [1, 2]
     plot_learning_curves({"restart": log}, tmp_path / "r.png", epoch_offsets={"restart": 479})
     assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_learning_rate_labels_stay_inside_the_panel_and_do_not_overprint():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ttcalc.app.plots import _label_marks
+
+    fig = Figure(figsize=(5, 3))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot([0, 570], [1, 2])
+    _label_marks(ax, [(410, "lr < 5e-04", "C0"), (480, "lr < 2e-04", "C1"), (20, "lr < 1e-03", "C2")])
+    renderer = fig.canvas.get_renderer()
+    panel = ax.get_window_extent(renderer)
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert all(panel.x0 <= b.x0 and b.x1 <= panel.x1 for b in boxes)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -97,6 +97,18 @@ def read_training_log(log: str | os.PathLike, epoch_offset: int = 0) -> tuple[np
     return np.array([int(r["epoch"]) + epoch_offset for r in rows], dtype=int), rows
 
 
+def _label_marks(ax, marks: list[tuple[float, str, str]]) -> None:
+    """Write each mark's text beside its vertical line, on the side with room (a line in the right
+    half of the axis gets its text on its left, so it stays inside the panel), one row per mark so
+    that close lines do not overprint."""
+    lo, hi = ax.get_xlim()
+    for row, (x, text, colour) in enumerate(marks):
+        right_half = x > (lo + hi) / 2
+        ax.annotate(text, (x, 0.02), xycoords=ax.get_xaxis_transform(), textcoords="offset points",
+                    xytext=(-2 if right_half else 2, 10 * row), color=colour, fontsize=7, va="bottom",
+                    ha="right" if right_half else "left")
+
+
 def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.PathLike,
                          epoch_offsets: dict[str, int] | None = None) -> str:
     """Validation force MAE (meV/Å) per epoch, one line per (run, head), from training CSV logs;
@@ -111,6 +123,7 @@ def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.Path
     def colour(key: str) -> str:
         return colours.setdefault(key, f"C{len(colours) % 10}")
 
+    marks = []  # (epoch, text, colour) of each run's first lowered learning rate
     for label, log in logs.items():
         epochs, rows = read_training_log(log, (epoch_offsets or {}).get(label, 0))
         ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], lw=1.3, label=label, color=colour(label))
@@ -128,8 +141,8 @@ def plot_learning_curves(logs: dict[str, str | os.PathLike], path: str | os.Path
         if decayed:  # where the schedule first lowers the rate (a plateau step or an anneal)
             for ax in (ax_mae, ax_loss):
                 ax.axvline(decayed[0], ls=":", lw=1, color=colour(label))
-            ax_loss.text(decayed[0], 0.02, f" lr < {float(rows[0]['lr']):.0e}", color=colour(label), fontsize=7,
-                         va="bottom", transform=ax_loss.get_xaxis_transform())
+            marks.append((decayed[0], f"lr < {float(rows[0]['lr']):.0e}", colour(label)))
+    _label_marks(ax_loss, marks)
     ax_mae.set_xlabel("epoch")
     ax_mae.set_ylabel("validation force MAE (meV/Å)")
     if ax_mae.lines:
