@@ -22,11 +22,14 @@ def test_dense_and_sparse_match_torchmdnet(rep, molecule):
     z = torch.as_tensor(atoms.numbers)
     pos = torch.as_tensor(atoms.positions, dtype=torch.float64)
     native, *_ = rep.net(z, pos, torch.zeros_like(z))
-    dense = tensornet_features_dense(rep.net, z[None], pos[None], torch.ones(1, len(z), dtype=torch.bool))[0]
+    mask = torch.ones(1, len(z), dtype=torch.bool)
+    dense = tensornet_features_dense(rep.net, z[None], pos[None], mask)[0]
+    fused = tensornet_features_dense(rep.net, z[None], pos[None], mask, for_inductor=True)[0]
     g = build_graph([len(z)], atoms.positions, rep.cutoff, dense=False)
     vec, w = edge_geometry(pos, g)
     sparse = rep(z, g, vec, w, torch.zeros_like(z))
     assert torch.allclose(dense, native, atol=1e-10)
+    assert torch.allclose(fused, native, atol=1e-10)  # the form the compiled kernels trace
     assert torch.allclose(sparse, native, atol=1e-10)
 
 
@@ -38,6 +41,8 @@ def test_padding_atoms_do_not_change_features(rep):
     alone = collate(small[:1], rep.cutoff, dtype=torch.float64)
     x0 = tensornet_features_dense(rep.net, alone.z_dense, alone.pos, alone.mask)
     assert torch.allclose(x[0, :12], x0[0], atol=1e-12)
+    fused = tensornet_features_dense(rep.net, batch.z_dense, batch.pos, batch.mask, for_inductor=True)
+    assert torch.allclose(fused, x, atol=1e-12)
     # and gradients stay finite although padding atoms coincide at the origin
     pos = batch.pos.clone().requires_grad_(True)
     tensornet_features_dense(rep.net, batch.z_dense, pos, batch.mask)[batch.mask].sum().backward()

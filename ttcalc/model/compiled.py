@@ -94,7 +94,7 @@ class FastEvaluator:
         return types.MethodType(private, self)
 
     def _per_atom_energy(self, pos: Tensor) -> tuple[Tensor, Tensor]:
-        x = tensornet_features_dense(self.model.representation.net, self._z, pos, self._mask)
+        x = tensornet_features_dense(self.model.representation.net, self._z, pos, self._mask, for_inductor=True)
         return self.model.heads[self.head](x, self._z), x
 
     def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:

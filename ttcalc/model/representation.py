@@ -208,24 +208,44 @@ def _interaction_update(layer, X: Tensor, Y: Tensor, msg: Tensor) -> Tensor:
     return X + dX + _matmul3(dX, dX)
 
 
-def _pairwise(fn, r: Tensor) -> Tensor:
-    """``fn`` (a function of the distance only) on the (B, N, N) distance grid, evaluated once per
-    unordered pair plus once for the self loop (r = 0), then mirrored.
+def _pairwise(fn, r: Tensor, sizes: list[int]) -> list[Tensor]:
+    """``fn`` (a function of the distance only, K = sum(``sizes``) outputs) on the (B, N, N) distance
+    grid, split into (B, N, N, k) pieces of ``sizes``; evaluated once per unordered pair plus once
+    for the self loop (r = 0), then gathered into the grid.
 
     The per-pair radial MLPs are the largest matmuls of the kernel, and r_ij = r_ji, so this halves
-    them: N(N-1)/2 + 1 rows instead of N².
+    them: N(N-1)/2 + 1 rows instead of N². A gather from the compact rows (not a mirrored copy
+    written with index_put) keeps the backward a scatter-add into those rows, with no zero-filled
+    (B, N, N, K) grids.
     """
     B, N, _ = r.shape
     iu, ju = torch.triu_indices(N, N, offset=1, device=r.device)
-    upper = fn(r[:, iu, ju])  # (B, P, K)
-    diag = fn(r.new_zeros(B, 1))  # self loops: r = 0
-    out = diag.unsqueeze(2).expand(B, N, N, diag.shape[-1]).clone()
-    out[:, iu, ju] = upper
-    out[:, ju, iu] = upper
-    return out
+    values = fn(torch.cat([r.new_zeros(B, 1), r[:, iu, ju]], dim=1))  # (B, 1 + P, K); row 0: r = 0
+    slot = torch.zeros(N, N, dtype=torch.long, device=r.device)  # row of pair (i, j); diagonal: row 0
+    rows = torch.arange(1, iu.numel() + 1, device=r.device)
+    slot[iu, ju] = rows
+    slot[ju, iu] = rows
+    slot = slot.reshape(-1)
+    return [v.index_select(1, slot).reshape(B, N, N, -1) for v in values.split(sizes, dim=-1)]
 
 
-def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
+def _neighbour_sum(w: Tensor, x: Tensor, *, per_pair: bool, for_inductor: bool) -> Tensor:
+    """Σ_j w[b, i, j, f] x[b, (i,) j, k, f] -> (B, N, K, F): the sum over neighbours j of the edge
+    weights ``w`` (B, N, N, F) times ``x``: with ``per_pair`` a factor of the pair (B, N, N, K) (the
+    embedding's unit vectors and their outer products), otherwise of atom j (B, N, K, F) (the
+    messages' I, A, S).
+
+    ``for_inductor``: a broadcast product and a sum, which inductor fuses into one loop without the
+    (B, N, N, K, F) intermediate; eagerly that intermediate and its double backward dominate a
+    training step, so eager autograd gets ``einsum`` (batched matmuls) instead.
+    """
+    if for_inductor:
+        return (w.unsqueeze(-2) * (x.unsqueeze(-1) if per_pair else x.unsqueeze(1))).sum(2)
+    return torch.einsum("bijf,bijk->bikf" if per_pair else "bijf,bjkf->bikf", w, x)
+
+
+def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Tensor, *,
+                             for_inductor: bool = False) -> Tensor:
     """TensorNet features of B padded molecules on the complete graph, as dense tensors.
 
     ``z`` (B, N), ``pos`` (B, N, 3), ``mask`` (B, N) bool (False for padding) -> (B, N, F).
@@ -233,6 +253,8 @@ def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Te
     :func:`tensornet_features` on the dense graph with every scatter/gather replaced by a batched
     contraction (eq. 7 and 9 of the TensorNet paper as sums over j). Padding atoms neither send
     nor receive messages: every edge term carries the envelope times the pair mask.
+    ``for_inductor`` chooses the form of those sums that compiles best (:func:`_neighbour_sum`);
+    both give the same numbers up to the order of summation.
     """
     B, N = z.shape
     F = net.hidden_channels
@@ -257,31 +279,27 @@ def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Te
             parts.append(h)
         return torch.cat(parts, dim=-1)
 
-    radial_all = _pairwise(radial, r)
-    dp1, dp2, dp3 = radial_all[..., :F], radial_all[..., F:2 * F], radial_all[..., 2 * F:3 * F]
-    layer_radial = radial_all[..., 3 * F:].split(3 * F, dim=-1)
+    dp1, dp2, dp3, *layer_radial = _pairwise(radial, r, [F, F, F] + [3 * F] * len(net.layers))
 
     Z = emb.emb(z)  # (B, N, F)
     W, b = emb.emb2.weight, emb.emb2.bias  # Zij = emb2([Z_i, Z_j])
     Zij = (Z @ W[:, :F].T)[:, :, None, :] + (Z @ W[:, F:].T)[:, None, :, :] + b
     CZij = (emb.cutoff(r) * pair).unsqueeze(-1) * Zij
     I = (CZij * dp1).sum(2).reshape(B * N, F)
-    # sums over neighbours j as broadcast products (see _matmul3 for why not einsum/bmm)
-    A_vec = ((CZij * dp2).unsqueeze(-2) * u.unsqueeze(-1)).sum(2)
-    uu = u.unsqueeze(-1) * u.unsqueeze(-2)  # (B, N, N, 3, 3)
-    S_full = ((CZij * dp3)[..., None, None, :] * uu.unsqueeze(-1)).sum(2)
+    A_vec = _neighbour_sum(CZij * dp2, u, per_pair=True, for_inductor=for_inductor)
+    uu = (u.unsqueeze(-1) * u.unsqueeze(-2)).reshape(B, N, N, 9)  # u_j u_j^T, flattened 3 x 3
+    S_full = _neighbour_sum(CZij * dp3, uu, per_pair=True, for_inductor=for_inductor)
     A = tn.vector_to_skewtensor(A_vec.reshape(B * N, 3, F))
     S = tn.outer_to_symtensor(S_full.reshape(B * N, 3, 3, F))
     X = _embedding_output(emb, I, A, S)
 
     for layer, ea in zip(net.layers, layer_radial):
         C = layer.cutoff(r) * pair
-        ea = (ea * C.unsqueeze(-1)).reshape(B, N, N, 3, F)
+        ea_I, ea_A, ea_S = (ea * C.unsqueeze(-1)).reshape(B, N, N, 3, F).unbind(-2)
         X, I, A, S, Y = _interaction_inputs(layer, X)
-        Im = (ea[..., 0, :] * I.reshape(B, 1, N, F)).sum(2)
-        A_v = tn.skewtensor_to_vector(A).reshape(B, 1, N, 3, F)
-        Am = (ea[..., 1, :].unsqueeze(-2) * A_v).sum(2)
-        Sm = (ea[..., 2, :][..., None, None, :] * S.reshape(B, 1, N, 3, 3, F)).sum(2)
+        A_v = tn.skewtensor_to_vector(A)
+        Im, Am, Sm = (_neighbour_sum(w, x.reshape(B, N, -1, F), per_pair=False, for_inductor=for_inductor)
+                      for w, x in ((ea_I, I), (ea_A, A_v), (ea_S, S)))
         msg = tn._compose_tensor(
             Im.reshape(B * N, F),
             tn.vector_to_skewtensor(Am.reshape(B * N, 3, F)),

@@ -38,7 +38,7 @@ class _DenseEnergies(nn.Module):
         self.model, self.heads = model, tuple(heads)
 
     def forward(self, pos: Tensor, z: Tensor, mask: Tensor) -> list[Tensor]:
-        x = tensornet_features_dense(self.model.representation.net, z, pos, mask)
+        x = tensornet_features_dense(self.model.representation.net, z, pos, mask, for_inductor=True)
         return [self.model.heads[h](x, z) * mask for h in self.heads]
 
 
