@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from md_protocols.files import atomic_write
 from ttcalc import TTTCalculator
 from ttcalc.data import load_rmd17
 from ttcalc.diagnostics.evaluation import evaluate_calculator
@@ -79,7 +80,8 @@ def main() -> None:
         "goals": {"adapt_seconds<=15": adapt_s <= 15, "refine_radius_seconds<=0.2": float(np.max(times)) <= 0.2},
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    with atomic_write(args.output, "w") as fh:  # a stopped run leaves the last complete file
+        json.dump(result, fh, indent=2)
     print(f"calc.adapt (GFN2-xTB prior, defaults): {adapt_s:.1f} s, {report.steps} steps "
           f"({report.stop_reason}); prior loss {report.prior_loss_start:.4g} -> {report.prior_loss_end:.4g}")
     print(f"with compile=True: first call {compiled[0][0]:.1f} s (tracing and compiling the "
