@@ -287,7 +287,7 @@ def tensornet_features_dense(net: tn.TensorNet, z: Tensor, pos: Tensor, mask: Te
     CZij = (emb.cutoff(r) * pair).unsqueeze(-1) * Zij
     I = (CZij * dp1).sum(2).reshape(B * N, F)
     A_vec = _neighbour_sum(CZij * dp2, u, per_pair=True, for_inductor=for_inductor)
-    uu = (u.unsqueeze(-1) * u.unsqueeze(-2)).reshape(B, N, N, 9)  # u_j u_j^T, flattened 3 x 3
+    uu = (u.unsqueeze(-1) * u.unsqueeze(-2)).reshape(B, N, N, 9)  # u_ij u_ij^T, flattened 3 x 3
     S_full = _neighbour_sum(CZij * dp3, uu, per_pair=True, for_inductor=for_inductor)
     A = tn.vector_to_skewtensor(A_vec.reshape(B * N, 3, F))
     S = tn.outer_to_symtensor(S_full.reshape(B * N, 3, 3, F))
