@@ -33,6 +33,7 @@ one draw, 40 test frames, 30 fine-tuning steps, into ``quick.json`` (a smoke run
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -119,7 +120,10 @@ def summarise(args, overrides: dict, rows: list[dict]) -> dict:
     summary = {}
     for r in rows:
         summary.setdefault(f"{r['molecule']}/{r['n_frames']}/{r['pipeline']}", []).append(r["force_mae_meV_A"])
-    return {"model": args.model, "n_test": args.n_test, "quick": args.quick, "finetune_overrides": overrides,
+    # the hash tells results of different weights under one file name (a shipped name) apart
+    path = Path(args.model)
+    model_sha256 = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return {"model": args.model, "model_sha256": model_sha256, "n_test": args.n_test, "quick": args.quick, "finetune_overrides": overrides,
             "finetune_settings": asdict(FinetuneLabelsConfig(**overrides)),
             "rows": rows, "force_mae_mean_meV_A": {k: float(np.mean(v)) for k, v in summary.items()},
             "mace_50_frames_published_meV_A": MACE_50}
