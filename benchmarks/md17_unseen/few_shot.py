@@ -115,16 +115,20 @@ def run_pipeline(name: str, model_path: str, frames, test, finetune_overrides: d
             "seconds": seconds}
 
 
-def summarise(args, overrides: dict, rows: list[dict]) -> dict:
+def model_sha256(model: str) -> str | None:
+    """SHA-256 of the checkpoint file (None for a name that is not a file): it tells results of
+    different weights saved under one file name (the shipped one) apart."""
+    path = Path(model)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def summarise(args, overrides: dict, rows: list[dict], sha256: str | None) -> dict:
     """The result file: every row, and the mean force MAE per molecule, n and pipeline."""
     summary = {}
     for r in rows:
         summary.setdefault(f"{r['molecule']}/{r['n_frames']}/{r['pipeline']}", []).append(r["force_mae_meV_A"])
-    # the hash tells results of different weights under one file name (a shipped name) apart
-    path = Path(args.model)
-    model_sha256 = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-    return {"model": args.model, "model_sha256": model_sha256, "n_test": args.n_test, "quick": args.quick, "finetune_overrides": overrides,
-            "finetune_settings": asdict(FinetuneLabelsConfig(**overrides)),
+    return {"model": args.model, "model_sha256": sha256, "n_test": args.n_test, "quick": args.quick,
+            "finetune_overrides": overrides, "finetune_settings": asdict(FinetuneLabelsConfig(**overrides)),
             "rows": rows, "force_mae_mean_meV_A": {k: float(np.mean(v)) for k, v in summary.items()},
             "mace_50_frames_published_meV_A": MACE_50}
 
@@ -150,8 +154,8 @@ def main(argv=None) -> dict:
     if args.quick:
         args.molecules, args.draws, args.n_test, overrides = ["naphthalene"], 1, 40, {"max_steps": 30}
     args.out = args.out or str(HERE / "results" / "few_shot" / ("quick.json" if args.quick else "results.json"))
-    rows = []
-    result = summarise(args, overrides, rows)
+    rows, sha256 = [], model_sha256(args.model)  # hashed once, before the pipelines run
+    result = summarise(args, overrides, rows, sha256)
     for mol in args.molecules:
         for n in args.n_frames:
             for draw in range(args.first_draw, args.first_draw + args.draws):
@@ -162,7 +166,7 @@ def main(argv=None) -> dict:
                     res = run_pipeline(name, args.model, frames, test, overrides, save)
                     rows.append({"molecule": mol, "n_frames": n, "draw": draw, "pipeline": name, **res})
                     print(json.dumps(rows[-1]), flush=True)
-                    result = summarise(args, overrides, rows)
+                    result = summarise(args, overrides, rows, sha256)
                     with atomic_write(args.out, "w") as fh:  # a stopped run keeps its finished rows
                         json.dump(result, fh, indent=2)
     return result
