@@ -79,7 +79,6 @@ def main() -> None:
                      "force_mae_meV_A_after_ttt": after_compiled["force_mae_meV_A"]},
         "goals": {"adapt_seconds<=15": adapt_s <= 15, "refine_radius_seconds<=0.2": float(np.max(times)) <= 0.2},
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.output, "w") as fh:  # a stopped run leaves the last complete file
         json.dump(result, fh, indent=2)
     print(f"calc.adapt (GFN2-xTB prior, defaults): {adapt_s:.1f} s, {report.steps} steps "
