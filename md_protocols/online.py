@@ -36,6 +36,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from md_protocols.choices import check_literal_fields
 from md_protocols.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,7 @@ class OnlineSettings:
     """Frames sent for labelling over the whole run, at most."""
 
     def __post_init__(self):
-        if self.trigger not in ("interval", "q_residual"):
-            raise ValueError(f"trigger must be 'interval' or 'q_residual', got {self.trigger!r}")
+        check_literal_fields(self)
         if min(self.interval, self.n_label, self.window) < 1 or self.label_budget < 0:
             raise ValueError("interval, n_label and window must be >= 1 and label_budget >= 0")
 

@@ -7,6 +7,9 @@ Units: K, fs, ps; ``friction_per_fs`` is the Langevin friction in fs⁻¹ (see
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+from md_protocols.choices import check_literal_fields
 
 __all__ = ["MDProtocol", "resolve_protocol"]
 
@@ -15,7 +18,7 @@ __all__ = ["MDProtocol", "resolve_protocol"]
 class MDProtocol:
     """How a run integrates: ensemble, temperature, time step, length, friction and logging."""
 
-    ensemble: str = "nvt"
+    ensemble: Literal["nvt", "nve"] = "nvt"
     """``"nvt"`` (Langevin) or ``"nve"`` (velocity Verlet)."""
     temperature_K: float = 500.0
     """Thermostat target (NVT) and the default initial temperature."""
@@ -32,8 +35,7 @@ class MDProtocol:
     """Maxwell–Boltzmann temperature of the starting velocities; None: ``temperature_K``."""
 
     def __post_init__(self):
-        if self.ensemble not in ("nvt", "nve"):
-            raise ValueError(f"ensemble must be 'nvt' or 'nve', got {self.ensemble!r}")
+        check_literal_fields(self)
         if not self.timestep_fs > 0 or not self.time_ps >= 0:
             raise ValueError(f"need timestep_fs > 0 and time_ps >= 0, got {self.timestep_fs}, {self.time_ps}")
         if self.log_interval < 1 or (self.check_interval is not None and self.check_interval < 1):

@@ -140,7 +140,7 @@ def test_langevin_replicas_reach_the_target_temperature(model64, benzene):
 
 
 def test_bad_input_is_rejected(model64, benzene):
-    with pytest.raises(ValueError, match="ensemble must be 'nvt' or 'nve'"):
+    with pytest.raises(ValueError, match="ensemble must be one of 'nvt', 'nve'"):
         run_batched_md(benzene, model64, 2, ensemble="npt", progress=False)
     with pytest.raises(ValueError, match="3 seeds for 2 replicas"):
         run_batched_md(benzene, model64, 2, seeds=[1, 2, 3], progress=False)

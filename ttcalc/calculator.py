@@ -21,6 +21,7 @@ from scipy.spatial.distance import pdist
 from ase import Atoms
 from ase.calculators.calculator import Calculator, InputError, PropertyNotImplementedError, all_changes
 
+from md_protocols.choices import check_choice
 from ttcalc.adapt import (AdaptationReport, AdaptationState, FinetuneLabelsConfig, TTTConfig, adapt, finetune,
                           refine_cutoff)
 from ttcalc.diagnostics.uncertainty import QResidual
@@ -90,10 +91,8 @@ class TTTCalculator(Calculator):
                  ttt: TTTMode = "off", ttt_config=None, radius_refinement: bool = False,
                  radii: Sequence[float] | None = None, disagreement_every: int = 1, finetune_config=None,
                  q_residual: bool = True, **kwargs):
-        if ttt not in ("off", "auto", "always"):
-            raise ValueError(f"ttt must be 'off', 'auto' or 'always', not {ttt!r}")
-        if unseen_elements not in ("warn", "raise"):
-            raise ValueError(f"unseen_elements must be 'warn' or 'raise', not {unseen_elements!r}")
+        check_choice("ttt", ttt, TTTMode)
+        check_choice("unseen_elements", unseen_elements, ("warn", "raise"))
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype)
         self.model, model_name = resolve_model(model, self.torch_dtype, self.device)
@@ -344,8 +343,7 @@ class MDLearner:
     label-free). ``overrides`` go to every call; Q-residuals are the uncertainty."""
 
     def __init__(self, calc: TTTCalculator, mode: Literal["finetune", "adapt"] = "finetune", **overrides):
-        if mode not in ("finetune", "adapt"):
-            raise ValueError(f"mode must be 'finetune' or 'adapt', not {mode!r}")
+        check_choice("mode", mode, ("finetune", "adapt"))
         if mode == "adapt" and calc.prior is None:
             raise ValueError("mode='adapt' (label-free TTT) needs a calculator with a prior")
         self.calc, self.mode, self.overrides = calc, mode, overrides

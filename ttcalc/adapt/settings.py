@@ -96,10 +96,6 @@ class TTTConfig(FitSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.parameters not in ("adaptable", "representation"):
-            raise ValueError(f"unknown TTT parameters {self.parameters!r}; use 'adaptable' or 'representation'")
-        if self.frames not in ("md", "rattle", "normal_modes"):
-            raise ValueError(f"unknown frame source {self.frames!r}; use 'md', 'rattle' or 'normal_modes'")
         if self.n_frames < 2:
             raise ValueError(f"n_frames must be at least 2 (train and validation), got {self.n_frames}")
 
@@ -137,8 +133,3 @@ class FinetuneLabelsConfig(FitSettings):
     val_fraction: float = 0.2
     parameters: Literal["main", "main+adaptable", "main+representation"] = "main+representation"
     """What is trained (:data:`FINETUNE_GROUPS`)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.parameters not in FINETUNE_GROUPS:
-            raise ValueError(f"unknown fine-tuning parameters {self.parameters!r}; use one of {list(FINETUNE_GROUPS)}")

@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from md_protocols.choices import check_literal_fields
 from ttcalc.model.potential import ModelConfig
 from ttcalc.model.representation import RepresentationConfig
 
@@ -31,6 +32,9 @@ class DataConfig:
     files: list[str] = field(default_factory=list)
     seed: int = 0
     exclude: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        check_literal_fields(self)
 
 
 @dataclass
@@ -61,9 +65,7 @@ class OptimizerSettings:
     """Weight of the force term: MSE of the force components ((eV/Å)²)."""
 
     def __post_init__(self):
-        # fail at configuration time, before any data or labels are paid for
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adam'")
+        check_literal_fields(self)  # at configuration time, before any data or labels are paid for
 
 
 def make_optimizer(params: list, cfg: OptimizerSettings) -> torch.optim.Optimizer:
@@ -145,6 +147,9 @@ class TrainConfig:
     #: training frames whose features the Q-residual PCA is fitted to (0: none stored)
     q_residual_frames: int = 900
 
+    def __post_init__(self):
+        check_literal_fields(self)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_dict()
@@ -164,12 +169,6 @@ class TrainConfig:
             sub = d.get(name, {})
             _check_keys(typ, sub, f"[{name}]")
             setattr(out, name, typ(**sub))
-        if out.main_head_init not in ("random", "prior", "checkpoint"):
-            raise ValueError(f"main_head_init must be 'random', 'prior' or 'checkpoint', "
-                             f"not {out.main_head_init!r}")
-        if out.regime not in ("pretrain-freeze-finetune", "joint", "supervised"):
-            raise ValueError(f"unknown regime {out.regime!r}; use pretrain-freeze-finetune, joint "
-                             f"or supervised")
         return out
 
 
