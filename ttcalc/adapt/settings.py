@@ -10,7 +10,8 @@ from ttcalc.train.config import OptimizerSettings
 
 @dataclass
 class FitSettings(OptimizerSettings):
-    """Optimizer and stopping settings shared by test-time training and fine-tuning on labels.
+    """Optimizer and stopping settings shared by test-time training and fine-tuning on labels; each
+    of them sets its own optimizer defaults.
 
     Stopping: the validation loss is checked every ``eval_every`` updates; the fit stops after
     ``patience`` checks that do not improve it by ``min_rel_improvement`` and rolls back above
@@ -19,11 +20,6 @@ class FitSettings(OptimizerSettings):
 
     label: ClassVar[str] = "fit"
 
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    """SGD with momentum, as the paper's TTT (A.4.3); fine-tuning on labels overrides it."""
-    weight_decay: float = 1e-3
-    """Keeps the adapted weights near the shipped ones: no labels anchor a TTT fit."""
-    grad_clip: float = 10.0
     max_steps: int = 200
     """Optimizer updates at most, each on ``batch_size`` frames drawn from the training part."""
     batch_size: int = 8
@@ -75,6 +71,11 @@ class TTTConfig(FitSettings):
 
     label: ClassVar[str] = "TTT"
 
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    """SGD with momentum, as the paper's TTT (A.4.3)."""
+    weight_decay: float = 1e-3
+    """Keeps the adapted weights near the shipped ones: no labels anchor a TTT fit."""
+    grad_clip: float = 10.0
     #: what TTT updates: "adaptable", the model's adaptable group (by default the embedding and first
     #: interaction layer, paper sec. 5.2), or "representation", all of θR (heads stay fixed either way)
     parameters: Literal["adaptable", "representation"] = "adaptable"
@@ -109,27 +110,27 @@ FINETUNE_GROUPS = {"main": ("main",), "main+adaptable": ("main", "adaptable"),
 class FinetuneLabelsConfig(FitSettings):
     """Settings of fine-tuning on labelled frames of a new system (``calc.finetune``).
 
-    Defaults: Adam, lr 5e-4, force weight 100, batches of 10, θM and all of θR, a fifth of the
-    frames held out for early stopping (the project's few-shot calibration on 40 + 10 frames);
-    up to 1000 steps with a patience of 20 checks, chosen on acac by the rule fixed in advance in
-    ``benchmarks/md17_unseen/results/few_shot/acac_rule.md`` (mean force MAE over 3 draws of 50
-    frames, TTT then fine-tuning: 33.4 meV/Å with 300 steps / patience 5, 31.5 with patience 20,
-    24.9 with 1000 steps / patience 20).
+    Adam without weight decay, as in training: labels anchor the fit, where TTT's decay keeps it
+    near the shipped weights. Where it departs from the training defaults, and why:
+
+    - lr 5e-4, batches of 10, a fifth of the frames held out for early stopping, gradients clipped
+      at norm 10 (as TTT's): the project's few-shot calibration on 40 + 10 frames;
+    - force weight 100: reference forces carry the information a few frames have, the energy is
+      one number a frame;
+    - up to 1000 steps with a patience of 20 checks, chosen on acac by the rule fixed in advance in
+      ``benchmarks/md17_unseen/results/few_shot/acac_rule.md`` (mean force MAE over 3 draws of 50
+      frames, TTT then fine-tuning: 33.4 meV/Å with 300 steps / patience 5, 31.5 with patience 20,
+      24.9 with 1000 steps / patience 20): 5 checks stopped fits that still improved.
     """
 
     label: ClassVar[str] = "fine-tuning"
 
-    # where fine-tuning departs from TTT's defaults (the few-shot calibration on 40 + 10 frames):
-    optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = 5e-4
-    weight_decay: float = 0.0
-    """Labels anchor the fit; TTT's weight decay keeps it near the shipped weights instead."""
+    batch_size: int = 10
+    val_fraction: float = 0.2
+    grad_clip: float = 10.0
+    force_weight: float = 100.0
     max_steps: int = 1000
     patience: int = 20
-    """Checks without improvement before stopping; 5 stopped acac fits while they still improved."""
-    batch_size: int = 10
-    force_weight: float = 100.0
-    """Reference forces carry the information a few frames have; the energy is one number a frame."""
-    val_fraction: float = 0.2
     parameters: Literal["main", "main+adaptable", "main+representation"] = "main+representation"
     """What is trained (:data:`FINETUNE_GROUPS`)."""
