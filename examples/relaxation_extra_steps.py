@@ -1,7 +1,7 @@
 """A relaxation workflow with extra steps against a reference (Kreiman & Krishnapriyan 2025, A.3.1).
 
 Shows: relax a distorted molecule with the MLIP, continue from its minimum with GFN2-xTB, and
-count the reference's extra optimiser steps, the RMSD between the two minima and the reference
+count the reference's extra optimizer steps, the RMSD between the two minima and the reference
 energy gained; the fewer the extra steps, the closer the MLIP's minimum is to the reference's.
 Takes: under a minute (``--quick``: looser fmax, fewer steps).
 

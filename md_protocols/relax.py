@@ -1,7 +1,7 @@
 """Geometry relaxation and the "extra reference steps" protocol.
 
 Extra steps (Kreiman & Krishnapriyan 2025, App. A.3.1): relax a structure with the MLIP, then continue
-from the MLIP minimum with the reference method and count the reference optimiser steps still needed to
+from the MLIP minimum with the reference method and count the reference optimizer steps still needed to
 converge. A perfect MLIP needs zero extra steps. Reported: both step counts, each method's own energy at
 its own minimum, the reference energy at the MLIP minimum, and the RMSD between the two minima after
 optimal superposition (Kabsch).
@@ -35,7 +35,7 @@ OPTIMIZERS = {"BFGS": BFGS, "FIRE": FIRE, "LBFGS": LBFGS}
 
 @dataclass
 class RelaxResult:
-    """A relaxation: final structure (calculator attached), optimiser steps taken, convergence,
+    """A relaxation: final structure (calculator attached), optimizer steps taken, convergence,
     final energy (eV), final max atomic force norm (eV/Å) and the trajectory path (or None)."""
 
     atoms: Atoms
@@ -50,7 +50,7 @@ class RelaxResult:
 class ExtraStepsResult:
     """Kreiman & Krishnapriyan A.3.1: MLIP relaxation followed by a reference relaxation from its minimum.
 
-    ``extra_steps`` is the number of reference optimiser steps after the MLIP minimum. ``mlip_energy``
+    ``extra_steps`` is the number of reference optimizer steps after the MLIP minimum. ``mlip_energy``
     and ``reference_energy`` are each calculator's own energy at its own minimum (eV);
     ``reference_energy_at_mlip_minimum`` is the reference energy where the MLIP relaxation ended;
     ``rmsd`` (Å) compares the two minima after Kabsch superposition.
@@ -88,7 +88,7 @@ def relax(
 ) -> RelaxResult:
     """Relax a copy of ``atoms`` with ``calc`` until every atomic force is below ``fmax`` eV/Å.
 
-    ``n_steps`` is the optimiser's step count (``get_number_of_steps()``): 0 when the input is already
+    ``n_steps`` is the optimizer's step count (``get_number_of_steps()``): 0 when the input is already
     converged. ``optimizer``: "BFGS", "FIRE" or "LBFGS" (ASE defaults otherwise).
     """
     if optimizer not in OPTIMIZERS:

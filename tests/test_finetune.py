@@ -108,7 +108,7 @@ def test_scratch_starts_from_a_random_backbone(backbone):
 
 
 def test_ft_property_loss_drops(backbone, qm9_data):
-    # selection on the training molecules themselves: this tests the optimiser, not generalisation
+    # selection on the training molecules themselves: this tests the optimizer, not generalisation
     frames, gap, ff = qm9_data
     train, y = frames[:40], gap[:40]
     start = build_model(backbone, "ft", HEAD, seed=0)

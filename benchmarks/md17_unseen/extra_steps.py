@@ -2,7 +2,7 @@
 
 For each unseen molecule, each variant (the prior alone, the MLIP before TTT, the MLIP after TTT, from a
 ``run.py`` results folder) relaxes the benchmark's starting frame (BFGS, fmax 0.01 eV/Å); the reference
-then continues from that minimum and the reference optimiser steps it still needs are counted
+then continues from that minimum and the reference optimizer steps it still needs are counted
 (:func:`md_protocols.relax_extra_steps`). A variant that finds the reference's minimum needs zero.
 
 References: GFN2-xTB (cheap, every variant), and optionally PBE/def2-SVP with PySCF (the rMD17 level of

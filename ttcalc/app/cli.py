@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="where to write the fine-tuned checkpoint")
     f.add_argument("--ttt", action="store_true", help="test-time train on the prior first (needs --prior)")
     f.add_argument("--prior", default=None, help="prior for --ttt: xtb, tblite, emt, lj")
-    f.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default 1000)")
+    f.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default 1000)")
     f.add_argument("--lr", type=float, default=None, help="learning rate (default 5e-4, Adam)")
     f.set_defaults(func=cmd_finetune)
 

@@ -77,7 +77,7 @@ def make_optimizer(params: list, cfg: OptimizerSettings) -> torch.optim.Optimize
 
 @dataclass
 class StageConfig(OptimizerSettings):
-    """Optimisation settings of one training stage. It stops at whichever comes first of
+    """Optimization settings of one training stage. It stops at whichever comes first of
     ``max_epochs``, ``max_minutes`` and ``patience`` epochs without a better validation loss."""
 
     batch_size: int = 16

@@ -209,7 +209,7 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
 
     pos = EpochPosition()
     if saved is not None:
-        if len(saved["streams"]) != len(streams):  # before the optimiser's own, less telling, check
+        if len(saved["streams"]) != len(streams):  # before the optimizer's own, less telling, check
             raise ValueError(f"{name}: {state_path} holds {len(saved['streams'])} auxiliary task streams, "
                              f"this run has {len(streams)}; resume with the same tasks")
         pos = load_stage_state(saved, model, opt, sched, None, rng)

@@ -1,4 +1,4 @@
-"""One optimisation stage: Adam, plateau LR schedule, early stopping, best checkpoint, CSV log.
+"""One optimization stage: Adam, plateau LR schedule, early stopping, best checkpoint, CSV log.
 
 A stage trains some parameter groups of a :class:`~ttcalc.model.potential.MultiHeadPotential` on targets
 for some heads. Targets of different heads share geometries (the same frames labelled by DFT and
@@ -141,7 +141,7 @@ class LRSchedule:
 
         lr_e = min_lr + (lr₀ − min_lr) · ½ (1 + cos(π (e − e₀ + 1) / T)),
 
-    lr₀ being the plateau's rate when the anneal begins. lr₀ is kept in the optimiser's parameter
+    lr₀ being the plateau's rate when the anneal begins. lr₀ is kept in the optimizer's parameter
     groups, so a resumed stage anneals from the same rate; the state dict is the plateau's."""
 
     def __init__(self, opt: torch.optim.Optimizer, cfg: StageConfig):
@@ -185,7 +185,7 @@ def make_stage_optimizer(model: MultiHeadPotential, groups: Sequence[str], cfg: 
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, grad_clip: float,
                    name: str, epoch: int, world: int = 1, share: float | None = None) -> None:
-    """Backward, (data-parallel gradient average), global-norm clipping and one optimiser step."""
+    """Backward, (data-parallel gradient average), global-norm clipping and one optimizer step."""
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{name}: non-finite training loss at epoch {epoch}")
     loss.backward()
@@ -301,7 +301,7 @@ class StageMonitor:
 
 class ParameterEMA:
     """Exponential moving average of the trainable parameters, θ̄ ← d·θ̄ + (1 − d)·θ after every
-    optimiser step (Polyak averaging, as MACE and nequip evaluate with). ``applied()`` swaps θ̄ in
+    optimizer step (Polyak averaging, as MACE and nequip evaluate with). ``applied()`` swaps θ̄ in
     for validation and checkpoints and swaps θ back for training."""
 
     def __init__(self, params: dict[str, torch.nn.Parameter], decay: float):
@@ -384,7 +384,7 @@ def epoch_batches(sizes: np.ndarray, cfg: StageConfig, rng: np.random.Generator)
 
 def use_compiled_step(cfg: StageConfig, n_frames: int) -> bool:
     """``cfg.compile``, or with ``None`` the rule: compile when the stage plans at least
-    :data:`COMPILE_MIN_STEPS` optimiser steps, where one trace+compile per batch shape pays off."""
+    :data:`COMPILE_MIN_STEPS` optimizer steps, where one trace+compile per batch shape pays off."""
     if cfg.compile is not None:
         return bool(cfg.compile)
     per_epoch = (cfg.epoch_frames or n_frames) / cfg.batch_size
@@ -412,7 +412,7 @@ def stage_state(model, opt, sched, ema, rng, monitor, pos, done=False, result=No
 def load_stage_state(saved: dict, model, opt, sched, ema, rng) -> EpochPosition:
     """Put a saved stage state back (the inverse of :func:`stage_state`, bar the monitor)."""
     model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimiser"])
+    opt.load_state_dict(saved["optimiser"])  # the file format's key; committed states use it
     sched.load_state_dict(saved["scheduler"])
     if ema is not None:
         ema.average = {n: saved["ema"][n].clone() for n in ema.params}
@@ -457,7 +457,7 @@ def _batch_loss(step: ForceStep, batch: Batch, idx, targets: dict[str, Targets],
 def _train_batch(whole: np.ndarray, frames: Sequence[Atoms], targets: dict[str, Targets], step: ForceStep,
                  opt: torch.optim.Optimizer, params: list, ema: "ParameterEMA | None", cfg: StageConfig,
                  head_weights: dict[str, float], weights: LossWeights, name: str, epoch: int) -> float:
-    """One optimiser step on this rank's shard of the batch ``whole``; returns the shard's loss."""
+    """One optimizer step on this rank's shard of the batch ``whole``; returns the shard's loss."""
     rank, world_size = world()
     idx = whole[rank::world_size]  # all of it in one process
     if len(idx) == 0:
@@ -494,7 +494,7 @@ def run_epochs(pos: EpochPosition, cfg: StageConfig, sched: LRSchedule, stop: St
     """The resumable epoch loop every stage shares.
 
     ``sched.begin_epoch`` sets each epoch's rate before ``new_epoch()`` gives its batches,
-    ``train_batch(batch, epoch)`` takes one optimiser step and returns its loss,
+    ``train_batch(batch, epoch)`` takes one optimizer step and returns its loss,
     ``end_epoch(epoch, mean_train_loss)`` validates and says whether to stop.
     ``pos`` (updated in place) is where a saved state resumes; ``save()`` is called every
     ``cfg.checkpoint_minutes`` and when ``stop`` is requested, which then raises
