@@ -155,6 +155,11 @@ def stage_state_path(output: str | Path, stage: str) -> Path:
     return out.with_name(f"{out.stem}.{stage}.state.pt")
 
 
+#: the stages each regime trains, in order
+REGIME_STAGES = {"pretrain-freeze-finetune": ("pretrain", "finetune"), "joint": ("joint",),
+                 "supervised": ("supervised",)}
+
+
 def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | None = None,
                 resume: bool = False, stop: StopSignal | None = None, release: bool = False):
     """Run the configured regime; returns the trained model and a JSON-able report.
@@ -177,71 +182,22 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out_path = Path(cfg.output)
-    log_path = out_path.with_suffix(".csv")
-    train, val, groups = load_training_frames(cfg)
-    ds = Dataset(train, val, molecules=groups)
-    timings = {}
-    if cfg.regime != "supervised":
-        t = time.perf_counter()
-        priors = priors_for(cfg, train)
-        ds.train_prior = label_frames(train, priors, progress)
-        ds.val_prior = label_frames(val, priors, progress)
-        timings["prior_labelling_s"] = time.perf_counter() - t
-    model_cfg = cfg.model
-    if cfg.regime == "supervised" and "prior" in model_cfg.heads:
-        # the no-prior baseline has no prior head to carry around
-        model_cfg = replace(model_cfg, heads=tuple(h for h in model_cfg.heads if h != "prior"))
-    model = MultiHeadPotential(model_cfg, dtype=cfg.dtype).to(resolve_device(cfg.device))
-    install_head_statistics(model, "main", train)
-    if ds.train_prior is not None:
-        install_head_statistics(model, "prior", ds.train_prior)
-    main_t, main_v = Targets.from_frames(train), Targets.from_frames(val)
-    stages = {}
-    # every improvement is saved (atomically) as it happens, so a crash loses at most one epoch
-    stage_names = {"pretrain-freeze-finetune": ("pretrain", "finetune"), "joint": ("joint",),
-                   "supervised": ("supervised",)}[cfg.regime]
+    ds, timings = _labelled_dataset(cfg, progress)
+    model = _initial_model(cfg, ds)
     resume = resume or release
     if not resume and world()[0] == 0:
-        for s in stage_names:
+        for s in REGIME_STAGES[cfg.regime]:
             stage_state_path(out_path, s).unlink(missing_ok=True)
-        log_path.unlink(missing_ok=True)
-    common = dict(log_path=log_path, checkpoint_path=out_path.with_suffix(".partial.pt"), seed=cfg.seed,
-                  progress=progress, resume=resume, stop=stop, release=release)
-    at = {s: {"state_path": stage_state_path(out_path, s)} for s in stage_names}
-    if cfg.regime == "pretrain-freeze-finetune":
-        prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
-        if cfg.init_checkpoint:
-            load_pretrained_weights(model, cfg.init_checkpoint, ("representation.", "heads.prior."))
-        if not cfg.init_checkpoint or cfg.continue_pretraining:
-            stages["pretrain"] = train_stage(model, train, {"prior": prior_t}, val, {"prior": prior_v},
-                                             ["representation", "prior"], cfg.pretrain, name="pretrain",
-                                             **common, **at["pretrain"])
-        if cfg.main_head_init == "prior":
-            model.heads["main"].copy_mlp_from(model.heads["prior"])
-        elif cfg.main_head_init == "checkpoint":
-            load_pretrained_weights(model, cfg.init_checkpoint, ("heads.main.",))
-        stages["finetune"] = train_stage(model, train, {"main": main_t}, val, {"main": main_v},
-                                         ["main"], cfg.finetune, name="finetune", **common,
-                                         **at["finetune"])
-    elif cfg.regime == "joint":
-        prior_t, prior_v = Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior)
-        hw = {"main": 1.0, "prior": cfg.joint_prior_weight}
-        if cfg.init_checkpoint:
-            # warm start (e.g. from a pretrain-freeze-finetune model): every weight, then θR unfrozen
-            load_pretrained_weights(model, cfg.init_checkpoint, ("representation.", "heads.prior.", "heads.main."))
-        stages["joint"] = train_stage(model, train, {"main": main_t, "prior": prior_t}, val,
-                                      {"main": main_v, "prior": prior_v}, ["representation", "main", "prior"],
-                                      cfg.pretrain, head_weights=hw, name="joint", **common,
-                                      **at["joint"])
-    else:
-        stages["supervised"] = train_stage(model, train, {"main": main_t}, val, {"main": main_v},
-                                           ["representation", "main"], cfg.pretrain, name="supervised",
-                                           **common, **at["supervised"])
+        out_path.with_suffix(".csv").unlink(missing_ok=True)
+    # every improvement is saved (atomically) as it happens, so a crash loses at most one epoch
+    common = dict(log_path=out_path.with_suffix(".csv"), checkpoint_path=out_path.with_suffix(".partial.pt"),
+                  seed=cfg.seed, progress=progress, resume=resume, stop=stop, release=release)
+    stages = _train_stages(cfg, model, ds, common)
     model.stats = training_stats(cfg, model, ds)
     timings["total_s"] = time.perf_counter() - t_start
     report = {
         "config": cfg.to_dict(),
-        "n_train": len(train), "n_val": len(val), "molecules": groups,
+        "n_train": len(ds.train), "n_val": len(ds.val), "molecules": ds.molecules,
         "stages": {k: {"best_val_loss": v.best_val_loss, "epochs": v.epochs, "seconds": v.seconds,
                        "stop_reason": v.stop_reason} for k, v in stages.items()},
         "timings": timings,
@@ -251,7 +207,67 @@ def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | N
         model.save(out_path, metadata={"train_config": cfg.to_dict(), "report": report, "released": release})
         if not release:
             out_path.with_suffix(".partial.pt").unlink(missing_ok=True)
-            for s in stage_names:
+            for s in REGIME_STAGES[cfg.regime]:
                 stage_state_path(out_path, s).unlink(missing_ok=True)
     log.info("saved %s (%.1f s)", out_path, timings["total_s"])
     return model, report
+
+
+def _labelled_dataset(cfg: TrainConfig, progress: bool) -> tuple[Dataset, dict]:
+    """The configured frames with reference labels and, unless supervised, prior labels."""
+    train, val, groups = load_training_frames(cfg)
+    ds = Dataset(train, val, molecules=groups)
+    timings = {}
+    if cfg.regime != "supervised":
+        t = time.perf_counter()
+        priors = priors_for(cfg, train)
+        ds.train_prior = label_frames(train, priors, progress)
+        ds.val_prior = label_frames(val, priors, progress)
+        timings["prior_labelling_s"] = time.perf_counter() - t
+    return ds, timings
+
+
+def _initial_model(cfg: TrainConfig, ds: Dataset) -> MultiHeadPotential:
+    """A fresh model whose heads carry the element references and force scale of their labels."""
+    model_cfg = cfg.model
+    if cfg.regime == "supervised" and "prior" in model_cfg.heads:
+        # the no-prior baseline has no prior head to carry around
+        model_cfg = replace(model_cfg, heads=tuple(h for h in model_cfg.heads if h != "prior"))
+    model = MultiHeadPotential(model_cfg, dtype=cfg.dtype).to(resolve_device(cfg.device))
+    install_head_statistics(model, "main", ds.train)
+    if ds.train_prior is not None:
+        install_head_statistics(model, "prior", ds.train_prior)
+    return model
+
+
+def _train_stages(cfg: TrainConfig, model: MultiHeadPotential, ds: Dataset, common: dict) -> dict:
+    """The regime's stages in order (sec. 5.1); ``common`` goes to every :func:`train_stage`."""
+    targets = {"main": (Targets.from_frames(ds.train), Targets.from_frames(ds.val))}
+    if ds.train_prior is not None:
+        targets["prior"] = (Targets.from_frames(ds.train_prior), Targets.from_frames(ds.val_prior))
+
+    def stage(name: str, heads: Sequence[str], trained: list[str], stage_cfg, **kw):
+        return train_stage(model, ds.train, {h: targets[h][0] for h in heads}, ds.val,
+                           {h: targets[h][1] for h in heads}, trained, stage_cfg, name=name,
+                           state_path=stage_state_path(cfg.output, name), **common, **kw)
+
+    stages = {}
+    if cfg.regime == "pretrain-freeze-finetune":
+        if cfg.init_checkpoint:
+            load_pretrained_weights(model, cfg.init_checkpoint, ("representation.", "heads.prior."))
+        if not cfg.init_checkpoint or cfg.continue_pretraining:
+            stages["pretrain"] = stage("pretrain", ["prior"], ["representation", "prior"], cfg.pretrain)
+        if cfg.main_head_init == "prior":
+            model.heads["main"].copy_mlp_from(model.heads["prior"])
+        elif cfg.main_head_init == "checkpoint":
+            load_pretrained_weights(model, cfg.init_checkpoint, ("heads.main.",))
+        stages["finetune"] = stage("finetune", ["main"], ["main"], cfg.finetune)
+    elif cfg.regime == "joint":
+        if cfg.init_checkpoint:
+            # warm start (e.g. from a pretrain-freeze-finetune model): every weight, then θR unfrozen
+            load_pretrained_weights(model, cfg.init_checkpoint, ("representation.", "heads.prior.", "heads.main."))
+        stages["joint"] = stage("joint", ["main", "prior"], ["representation", "main", "prior"], cfg.pretrain,
+                                head_weights={"main": 1.0, "prior": cfg.joint_prior_weight})
+    else:
+        stages["supervised"] = stage("supervised", ["main"], ["representation", "main"], cfg.pretrain)
+    return stages
