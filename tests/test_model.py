@@ -188,3 +188,22 @@ def test_shipped_models_load_with_their_training_statistics(name, prior):
     assert model.stats.spectrum is not None and model.stats.prior_loss is not None
     with pytest.raises(KeyError, match="available"):
         load_pretrained("md17-everything")
+
+
+@pytest.mark.parametrize("name", ["md17-abu", "md17-abu-sgdml"])
+def test_the_rebuild_chain_ends_in_the_shipped_models_config(name, monkeypatch):
+    """The last config of ``CONFIGS[name]`` is the run that wrote the shipped weights (its warm
+    start aside: the file it read was renamed once a later version replaced it)."""
+    from pathlib import Path
+
+    from ttcalc.model import pretrained
+    from ttcalc.train.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    assert all((root / c).is_file() for c in pretrained.CONFIGS[name])
+    shipped = read_checkpoint(pretrained.pretrained_path(name))["metadata"]["train_config"]
+    last = load_config(root / pretrained.CONFIGS[name][-1]).to_dict()
+    assert {**shipped, "init_checkpoint": None} == {**last, "init_checkpoint": None}
+    monkeypatch.setitem(pretrained.PRETRAINED, name, "not-installed.pt")
+    with pytest.raises(FileNotFoundError, match="then `ttcalc train --config " + pretrained.CONFIGS[name][-1]):
+        pretrained.pretrained_path(name)

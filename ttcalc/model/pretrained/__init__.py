@@ -15,12 +15,12 @@ from importlib import resources
 from pathlib import Path
 
 PRETRAINED = {"md17-abu": "md17-abu.pt", "md17-abu-sgdml": "md17-abu-sgdml.pt"}
-#: the configs (in a source checkout of ttcalc, not in an installed package) that rebuild each
-#: shipped model, run in this order: each later one warm-starts from the checkpoint the one before
-#: it wrote. Every checkpoint also stores its own config (``metadata["train_config"]``).
-CONFIGS = {"md17-abu": ("benchmarks/md17_unseen/train_xtb.toml", "benchmarks/md17_unseen/train_xtb_v2.toml",
-                        "benchmarks/md17_unseen/train_xtb_v3.toml", "benchmarks/md17_unseen/train_xtb_v4.toml"),
-           "md17-abu-sgdml": ("benchmarks/md17_unseen/train_sgdml.toml", "benchmarks/md17_unseen/train_sgdml_v4.toml")}
+#: the configs that rebuild each shipped model, run in this order: each later one warm-starts from
+#: the checkpoint the one before it wrote. They live in a source checkout of ttcalc (an installed
+#: package has the weights and model card only); every checkpoint also stores the config of its
+#: last run (``metadata["train_config"]``), which ``tests/test_model.py`` compares with the chain's end.
+CONFIGS = {"md17-abu": tuple(f"benchmarks/md17_unseen/train_xtb{v}.toml" for v in ("", "_v2", "_v3", "_v4")),
+           "md17-abu-sgdml": tuple(f"benchmarks/md17_unseen/train_sgdml{v}.toml" for v in ("", "_v4", "_v4r"))}
 
 
 def pretrained_path(name: str) -> Path:
@@ -31,7 +31,7 @@ def pretrained_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained model {name!r} is not in this installation ({path}); reinstall ttcalc, or "
-            f"rebuild it in a source checkout of ttcalc with "
+            f"rebuild it in a source checkout of ttcalc (model card: md17-abu.md) with "
             + ", then ".join(f"`ttcalc train --config {c}`" for c in CONFIGS[name])
         )
     return path
