@@ -33,7 +33,7 @@ def timed_adapt(calc: TTTCalculator, atoms, **overrides) -> tuple[float, float, 
     t = time.perf_counter()
     report = calc.adapt(atoms, force=True, **overrides)
     seconds = time.perf_counter() - t
-    step = calc.adaptation.force_step("prior", overrides.get("compile", False))
+    step = calc.adaptation.force_step("prior", compile=overrides.get("compile", False))
     compile_s, step.compile_seconds = step.compile_seconds, 0.0
     return seconds, compile_s, report.steps
 

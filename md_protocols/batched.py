@@ -182,8 +182,9 @@ def run_batched_md(
     momenta, thermostat_rngs = _initial_state(starts, seeds, protocol.initial_K, momenta, thermostat_rngs)
 
     started = time.perf_counter()
-    replicas = _Replicas(starts, momenta, seeds, list(checks), protocol, keep_frames, trajectories, append)
-    forces_of = _as_force_fn(force_fn, starts, compile, head)
+    replicas = _Replicas(starts, momenta, seeds, list(checks), protocol, keep_frames=keep_frames,
+                         trajectories=trajectories, append=append)
+    forces_of = _as_force_fn(force_fn, starts, compile=compile, head=head)
     dt = protocol.timestep_fs * units.fs
     if protocol.ensemble == "nvt":
         integrator = BatchedLangevin(starts[0].get_masses(), dt, protocol.temperature_K,
@@ -215,7 +216,7 @@ def run_batched_md(
             for k in range(n_replicas)]
 
 
-def _as_force_fn(force_fn, starts: list[Atoms], compile: bool, head: str) -> ForceFn:
+def _as_force_fn(force_fn, starts: list[Atoms], *, compile: bool, head: str) -> ForceFn:
     """``force_fn`` itself, or the force function a model makes for these replicas."""
     make = getattr(force_fn, "batched_force_fn", None)
     if make is not None:
@@ -257,7 +258,7 @@ class _Replicas:
     their logs and trajectory writers."""
 
     def __init__(self, starts: list[Atoms], momenta: np.ndarray, seeds: list[int], checks: list[Check],
-                 protocol: MDProtocol, keep_frames: bool, trajectories, append: bool):
+                 protocol: MDProtocol, *, keep_frames: bool, trajectories, append: bool):
         n = len(starts)
         self.numbers = starts[0].numbers.copy()
         self.n_atoms = len(self.numbers)
@@ -273,7 +274,7 @@ class _Replicas:
         self.trajectories = trajectories
         # a continued file already holds this chunk's first frame (the previous chunk's last)
         self.continued = [append and Path(p).exists() for p in (trajectories or [])]
-        self.writers = [_trajectory_writer(p, c) for p, c in zip(trajectories or [], self.continued)]
+        self.writers = [_trajectory_writer(p, append=c) for p, c in zip(trajectories or [], self.continued)]
 
     def integrate(self, integrator, force_fn: ForceFn, n_total: int, bar) -> None:
         try:
@@ -357,7 +358,7 @@ class _Replicas:
                                    self.message[k], seconds, extra)
 
 
-def _trajectory_writer(path: str | Path, append: bool):
+def _trajectory_writer(path: str | Path, *, append: bool):
     from ase.io.trajectory import TrajectoryWriter
 
     path = Path(path)

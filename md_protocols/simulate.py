@@ -299,7 +299,7 @@ def _start(atoms: Atoms, path: Path | None, resume: bool, settings: dict, record
         if path is not None:
             state_path(path).unlink(missing_ok=True)  # a stale sidecar must not describe the new file
         _initial_velocities(atoms, protocol.initial_K, np.random.default_rng(velocity_seed))
-        return _Start(0, rng, False)
+        return _Start(0, rng, resuming=False)
     state = _load_resume(path, atoms, settings, recorder)
     step = int(state["step"])
     if step > protocol.n_steps:
@@ -311,7 +311,8 @@ def _start(atoms: Atoms, path: Path | None, resume: bool, settings: dict, record
     stored = None
     if state["status"] in _TERMINAL:
         stored = (CheckFailure(state["status"], state["message"]), int(state["stop_step"]))
-    return _Start(step, rng, True, stored, list(state.get("observers", [])))
+    return _Start(step, rng, resuming=True, stored_failure=stored,
+                  observer_states=list(state.get("observers", [])))
 
 
 class _SingleRun:

@@ -390,8 +390,8 @@ def test_compiled_fit_reaches_the_eager_weights(tiny_model_path, prior, benzene)
         report = adapt(state, prior, benzene, {**cfg, "compile": compile})
         assert report.steps == 4
         adapted[compile] = snapshot(state.model, state.names)
-    step = state.force_step("prior", True)
-    assert step.compile_seconds > 0 and step is state.force_step("prior", True)  # compiled, then reused
+    step = state.force_step("prior", compile=True)
+    assert step.compile_seconds > 0 and step is state.force_step("prior", compile=True)  # compiled, then reused
     changed = [n for n in adapted[False] if not torch.equal(adapted[False][n], state.base[n])]
     assert changed  # the fit moved the weights, so the comparison below means something
     for name in adapted[False]:

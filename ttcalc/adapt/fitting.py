@@ -91,7 +91,7 @@ class AdaptationState:
         self.current: str | None = None
         self._steps: dict[tuple[str, bool], ForceStep] = {}
 
-    def force_step(self, head: str, compile: bool) -> ForceStep:
+    def force_step(self, head: str, *, compile: bool) -> ForceStep:
         """The training step of ``head`` (:class:`ttcalc.train.force_step.ForceStep`), kept across
         fits so that a compiled graph is traced once per batch shape, not once per call."""
         key = (head, bool(compile))
@@ -255,7 +255,7 @@ def fit_on_system(state: "AdaptationState", key: str, kind: str, labelled: list[
     model.set_trainable(*groups)
     try:
         disagreement_before = _mean_disagreement(model, val_batch)
-        fit = _fit(state.force_step(head, cfg.compile), names, train, val_batch, cfg, target)
+        fit = _fit(state.force_step(head, compile=cfg.compile), names, train, val_batch, cfg, target)
         disagreement_after = _mean_disagreement(model, val_batch)
     except BaseException:
         restore(model, before)

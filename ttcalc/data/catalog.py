@@ -191,7 +191,7 @@ def dataset_status() -> list[dict]:
     return rows
 
 
-def _fetch(remote: Remote, target: Path, progress: bool, timeout: float) -> str:
+def _fetch(remote: Remote, target: Path, *, progress: bool, timeout: float) -> str:
     """Stream ``remote`` to ``target``; returns the checksum (of the pinned kind) of what arrived."""
     url = remote.url
     try:
@@ -267,7 +267,7 @@ def download(name: str, dest: str | Path | None = None, url: str | None = None, 
         files.mkdir()
         built.mkdir()
         for r in remotes:
-            got = _fetch(r, files / r.name, progress, timeout)
+            got = _fetch(r, files / r.name, progress=progress, timeout=timeout)
             if got != r.checksum.lower():
                 raise ValueError(f"checksum mismatch for {r.url}: {got}, expected {r.checksum}; "
                                  f"nothing was installed")

@@ -188,7 +188,7 @@ def train_multitask(model: MultiHeadPotential, tasks: Sequence[Task], val_tasks:
     if not tasks:
         raise ValueError("train_multitask needs at least one task")
     state_path = Path(state_path) if state_path is not None else None
-    saved, done = saved_outcome(model, state_path, resume, release, name)
+    saved, done = saved_outcome(model, state_path, resume=resume, release=release, name=name)
     if done is not None:
         return done
     params, opt, sched = make_stage_optimizer(model, groups, cfg, name)

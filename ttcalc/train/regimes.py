@@ -83,7 +83,7 @@ def priors_for(cfg: TrainConfig, train: Sequence[Atoms]) -> dict[tuple, Prior]:
     return {k: prior for k in systems}
 
 
-def label_frames(frames: Sequence[Atoms], priors: dict[tuple, Prior], progress: bool) -> list[Atoms]:
+def label_frames(frames: Sequence[Atoms], priors: dict[tuple, Prior], *, progress: bool) -> list[Atoms]:
     out: list[Atoms | None] = [None] * len(frames)
     by_prior: dict[int, list[int]] = {}
     for i, a in enumerate(frames):
@@ -221,8 +221,8 @@ def _labelled_dataset(cfg: TrainConfig, progress: bool) -> tuple[Dataset, dict]:
     if cfg.regime != "supervised":
         t = time.perf_counter()
         priors = priors_for(cfg, train)
-        ds.train_prior = label_frames(train, priors, progress)
-        ds.val_prior = label_frames(val, priors, progress)
+        ds.train_prior = label_frames(train, priors, progress=progress)
+        ds.val_prior = label_frames(val, priors, progress=progress)
         timings["prior_labelling_s"] = time.perf_counter() - t
     return ds, timings
 

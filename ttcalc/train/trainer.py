@@ -473,7 +473,7 @@ def _train_batch(whole: np.ndarray, frames: Sequence[Atoms], targets: dict[str, 
     return float(loss.detach())
 
 
-def saved_outcome(model: MultiHeadPotential, state_path: Path | None, resume: bool, release: bool,
+def saved_outcome(model: MultiHeadPotential, state_path: Path | None, *, resume: bool, release: bool,
                   name: str) -> tuple[dict | None, StageResult | None]:
     """The saved state a stage starts from (``resume``/``release`` and a state file) and, when
     nothing is left to train (a finished stage, or ``release``), the result to return at once."""
@@ -541,7 +541,7 @@ def train_stage(model: MultiHeadPotential, train_frames: Sequence[Atoms], train_
     head_weights = head_weights or {h: 1.0 for h in train_targets}
     weights = LossWeights(cfg.energy_weight, cfg.force_weight)
     state_path = Path(state_path) if state_path is not None else None
-    saved, done = saved_outcome(model, state_path, resume, release, name)
+    saved, done = saved_outcome(model, state_path, resume=resume, release=release, name=name)
     if done is not None:
         return done
     params, opt, sched = make_stage_optimizer(model, groups, cfg, name)
