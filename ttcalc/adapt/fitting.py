@@ -181,6 +181,19 @@ class _Stopping:
         return None
 
 
+def _update(opt: torch.optim.Optimizer, params: list, loss_fn, grad_clip: float) -> float | None:
+    """One optimizer step on ``loss_fn()``, its gradient clipped to global norm ``grad_clip``; the
+    loss, or None (and no step) when it is not finite."""
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    return float(loss.detach())
+
+
 def _fit(force_step: ForceStep, names: list[str], train: list[Atoms], val_batch, cfg: FitSettings,
          target: float | None) -> _Fit:
     """Minimise the loss of ``force_step``'s head (L_P for TTT on prior labels, L_M for fine-tuning on
@@ -215,16 +228,12 @@ def _fit(force_step: ForceStep, names: list[str], train: list[Atoms], val_batch,
     for step in range(1, cfg.max_steps + 1):
         idx = rng.choice(len(train), size=min(cfg.batch_size, len(train)), replace=False)
         batch = collate([train[i] for i in idx], model.cutoff, dtype=model.dtype, device=model.device, labels=True)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_of(batch, create_graph=True)
-        if not torch.isfinite(loss):
+        loss = _update(opt, params, lambda: loss_of(batch, create_graph=True), cfg.grad_clip)
+        if loss is None:
             reason = "non-finite loss: rolled back"
             break
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
         n_updates = step
-        curve.append(float(loss.detach()))
+        curve.append(loss)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             v = val_loss()
             val_curve.append((step, v))
