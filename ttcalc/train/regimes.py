@@ -160,8 +160,8 @@ REGIME_STAGES = {"pretrain-freeze-finetune": ("pretrain", "finetune"), "joint": 
                  "supervised": ("supervised",)}
 
 
-def train_model(cfg: TrainConfig, progress: bool = True, workdir: str | Path | None = None,
-                resume: bool = False, stop: StopSignal | None = None, release: bool = False):
+def train_model(cfg: TrainConfig, *, progress: bool = True, resume: bool = False, stop: StopSignal | None = None,
+                release: bool = False):
     """Run the configured regime; returns the trained model and a JSON-able report.
 
     The best model is written to ``cfg.output`` (atomically), with ``cfg`` in its metadata so
