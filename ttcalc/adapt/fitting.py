@@ -245,7 +245,7 @@ def _fit(force_step: ForceStep, names: list[str], train: list[Atoms], val_batch,
     return _Fit(n_updates, reason, start, val_loss(), curve, val_curve)
 
 
-def fit_on_system(state: "AdaptationState", key: str, kind: str, labelled: list[Atoms], cfg: FitSettings,
+def fit_on_system(state: "AdaptationState", key: str, kind: str, labelled: list[Atoms], cfg: FitSettings, *,
                    groups: tuple[str, ...], head: str, target: float | None, source: str, t0: float,
                    carry_on: bool) -> "AdaptationReport":
     """Fit ``groups`` of ``state.model`` on one system's labelled frames and record the result.
