@@ -623,3 +623,29 @@ def test_make_prior_none_passthrough_and_errors():
         make_prior("dftb")
     with pytest.raises(TypeError, match="name"):
         make_prior(3)
+
+
+def test_cached_prior_calculator_labels_each_structure_once(monkeypatch, tmp_path):
+    """``as_calculator(cache=True)`` goes through the on-disk label cache: a second calculator (a
+    rerun after a crash) gets the same labels without calling the prior again."""
+    monkeypatch.setenv("TTCALC_CACHE", str(tmp_path))
+    prior = EMTPrior()
+    calls = []
+    original = prior.energy_forces_batch
+    monkeypatch.setattr(prior, "energy_forces_batch", lambda frames: calls.append(len(frames)) or original(frames))
+    atoms = Icosahedron("Cu", 2)
+    atoms.rattle(0.05, seed=3)
+    first = atoms.copy()
+    first.calc = prior.as_calculator(cache=True)
+    e1, f1 = first.get_potential_energy(), first.get_forces()
+    again = atoms.copy()
+    again.calc = prior.as_calculator(cache=True)
+    assert again.get_potential_energy() == e1 and np.array_equal(again.get_forces(), f1)
+    assert calls == [1]
+    plain = atoms.copy()
+    plain.calc = prior.as_calculator()
+    assert np.isclose(plain.get_potential_energy(), e1) and np.allclose(plain.get_forces(), f1)
+    moved = atoms.copy()
+    moved.positions[0, 0] += 0.1
+    moved.calc = prior.as_calculator(cache=True)
+    assert moved.get_potential_energy() != e1 and calls == [1, 1]

@@ -48,7 +48,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
 
 from md_protocols import (OnlineSettings, PeriodicLearning, bonds_stability, hr, hr_mae, label_frames,
                           naive_update, run_md)
@@ -56,8 +55,8 @@ from md_protocols.files import atomic_write
 from ttcalc import MDLearner, TTTCalculator
 from ttcalc.data import load_rmd17
 from ttcalc.diagnostics.evaluation import evaluate_calculator
-from ttcalc.data.labels import label_with_prior
 from ttcalc.priors import CalculatorPrior, SGDMLPrior, XTBPrior, pyscf_calculator
+from ttcalc.priors.base import PriorCalculator
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("none", "naive", "periodic", "periodic-q", "periodic-ttt")
@@ -70,27 +69,12 @@ def reference(molecule: str, n_frames: int) -> tuple[SGDMLPrior, float]:
     return ref, evaluate_calculator(ref.as_calculator(), load_rmd17(molecule, "test_01", n=200, seed=0))["force_mae_meV_A"]
 
 
-class CachedLabels(Calculator):
-    """An ASE view of a prior whose labels go through the on-disk label cache
-    (:func:`ttcalc.data.labels.label_with_prior`): a rerun after a crash pays for no DFT label twice."""
-
-    implemented_properties = ["energy", "free_energy", "forces"]
-
-    def __init__(self, prior, **kwargs):
-        super().__init__(**kwargs)
-        self.prior = prior
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        labelled = label_with_prior([self.atoms], self.prior)[0]
-        energy = labelled.get_potential_energy()
-        self.results = {"energy": energy, "free_energy": energy, "forces": labelled.get_forces()}
-
-
-def dft_labels(molecule: str, n_check: int) -> tuple[CachedLabels, float]:
+def dft_labels(molecule: str, n_check: int) -> tuple[PriorCalculator, float]:
     """PBE/def2-SVP from PySCF (RI-J) and its force MAE (meV/Å) against rMD17's labels of
     ``n_check`` test_01 frames."""
-    source = CachedLabels(CalculatorPrior(pyscf_calculator(density_fit=True), name="pyscf-pbe-def2svp-rij"))
+    # through the on-disk label cache: a rerun after a crash pays for no DFT label twice
+    prior = CalculatorPrior(pyscf_calculator(density_fit=True), name="pyscf-pbe-def2svp-rij")
+    source = prior.as_calculator(cache=True)
     return source, evaluate_calculator(source, load_rmd17(molecule, "test_01", n=n_check, seed=1))["force_mae_meV_A"]
 
 

@@ -12,6 +12,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from ttcalc.data.labels import label_with_prior
+
 
 class PriorError(RuntimeError):
     """A prior could not label a structure (unsupported element, SCF failure, wrong atom order)."""
@@ -50,9 +52,12 @@ class Prior(abc.ABC):
         results = [self.energy_forces(a) for a in frames]
         return np.array([e for e, _ in results]), [f for _, f in results]
 
-    def as_calculator(self) -> "PriorCalculator":
-        """An ASE calculator that evaluates this prior (for MD with the prior, e.g. in TTT)."""
-        return PriorCalculator(self)
+    def as_calculator(self, *, cache: bool = False) -> "PriorCalculator":
+        """An ASE calculator that evaluates this prior (for MD with the prior, e.g. in TTT, or as the
+        label source of learning during MD). ``cache=True`` sends each structure through the on-disk
+        label cache (:func:`ttcalc.data.labels.label_with_prior`), so a rerun after a crash pays
+        for no expensive label (DFT) twice."""
+        return PriorCalculator(self, cache=cache)
 
 
 class PriorCalculator(Calculator):
@@ -60,11 +65,15 @@ class PriorCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, prior: Prior, **kwargs):
+    def __init__(self, prior: Prior, *, cache: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.prior = prior
+        self.prior, self.cache = prior, cache
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        energy, forces = self.prior.energy_forces(self.atoms)
+        if self.cache:
+            labelled = label_with_prior([self.atoms], self.prior)[0]
+            energy, forces = labelled.get_potential_energy(), labelled.get_forces()
+        else:
+            energy, forces = self.prior.energy_forces(self.atoms)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
