@@ -212,3 +212,5 @@ def test_md_learner_fine_tunes_a_tttcalculator_during_md_on_xtb_labels(tiny_mode
     assert same(after[0], {n: p for n, p in calc.model.named_parameters()})
     with pytest.raises(ValueError, match="needs a calculator with a prior"):
         MDLearner(calc, "adapt")
+    with pytest.raises(ValueError, match="mode must be one of 'finetune', 'adapt'; got 'relabel'"):
+        MDLearner(calc, "relabel")

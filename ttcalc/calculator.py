@@ -36,6 +36,8 @@ from ttcalc.priors.base import Prior
 log = logging.getLogger(__name__)
 
 TTTMode = Literal["off", "auto", "always"]
+UnseenElements = Literal["warn", "raise"]
+LearnerMode = Literal["finetune", "adapt"]
 
 
 def resolve_model(model, dtype, device) -> tuple[MultiHeadPotential, str]:
@@ -87,12 +89,12 @@ class TTTCalculator(Calculator):
 
     def __init__(self, model=None, prior: Prior | str | None = None, device: str = "cpu",
                  dtype: str = "float32", head: str = "main", compile: bool = True,
-                 unseen_elements: Literal["warn", "raise"] = "warn", min_distance: float = 0.5,
+                 unseen_elements: UnseenElements = "warn", min_distance: float = 0.5,
                  ttt: TTTMode = "off", ttt_config=None, radius_refinement: bool = False,
                  radii: Sequence[float] | None = None, disagreement_every: int = 1, finetune_config=None,
                  q_residual: bool = True, **kwargs):
         check_choice("ttt", ttt, TTTMode)
-        check_choice("unseen_elements", unseen_elements, ("warn", "raise"))
+        check_choice("unseen_elements", unseen_elements, UnseenElements)
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype)
         self.model, model_name = resolve_model(model, self.torch_dtype, self.device)
@@ -342,8 +344,8 @@ class MDLearner:
     ``mode="adapt"`` by test-time training on the calculator's prior (:meth:`TTTCalculator.adapt`,
     label-free). ``overrides`` go to every call; Q-residuals are the uncertainty."""
 
-    def __init__(self, calc: TTTCalculator, mode: Literal["finetune", "adapt"] = "finetune", **overrides):
-        check_choice("mode", mode, ("finetune", "adapt"))
+    def __init__(self, calc: TTTCalculator, mode: LearnerMode = "finetune", **overrides):
+        check_choice("mode", mode, LearnerMode)
         if mode == "adapt" and calc.prior is None:
             raise ValueError("mode='adapt' (label-free TTT) needs a calculator with a prior")
         self.calc, self.mode, self.overrides = calc, mode, overrides
